@@ -11,7 +11,7 @@ from typing import Iterable
 
 # %% auto #0
 __all__ = ['R3Error', 'DataError', 'VideoError', 'Video', 'Query', 'check_text', 'resolve_inside', 'CoVRDataset', 'atomic_write',
-           'write_json', 'read_json', 'append_jsonl', 'read_jsonl', 'stable_hash', 'cache_dir']
+           'write_json', 'read_json', 'append_jsonl', 'write_jsonl', 'read_jsonl', 'stable_hash', 'cache_dir']
 
 # %% ../nbs/00_core.ipynb #c006
 class R3Error(Exception):
@@ -69,6 +69,7 @@ class CoVRDataset:
     videos: dict
     gallery: tuple
     root: Path|None = None
+    skipped: tuple = ()   # rows skipped at load (on_error='skip'): dicts with `item` and `reason`
 
     def __len__(self): return len(self.queries)
     def __getitem__(self, i): return self.queries[i]
@@ -116,6 +117,10 @@ def append_jsonl(path, *records):
     with open(path, 'a', encoding='utf-8') as f:
         for r in records: f.write(json.dumps(r, ensure_ascii=False, default=str) + '\n')
         f.flush(); os.fsync(f.fileno())
+
+def write_jsonl(path, records):
+    "Atomically write `records` as a whole JSONL file."
+    return atomic_write(path, ''.join(json.dumps(r, ensure_ascii=False, default=str) + '\n' for r in records))
 
 def read_jsonl(path) -> list:
     "Records of a JSONL file; a torn final line (an interrupted write) is dropped, a torn middle line is an error."

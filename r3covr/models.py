@@ -13,7 +13,7 @@ from .video import Frames
 
 # %% auto #0
 __all__ = ['PRESET_DIR', 'BACKENDS', 'TWINS', 'VideoPart', 'Chat', 'l2norm', 'Encoder', 'VLM', 'list_presets', 'load_preset',
-           'resolve_model', 'create_encoder', 'create_vlm', 'hub_available', 'locate_weights']
+           'resolve_model', 'create_encoder', 'create_vlm', 'video_part', 'hub_available', 'locate_weights']
 
 # %% ../nbs/03_models.ipynb #c006
 @dataclass(frozen=True)
@@ -134,6 +134,22 @@ def create_vlm(preset='cpu', **kw) -> VLM:
     return _create('vlm', preset, **kw)
 
 # %% ../nbs/03_models.ipynb #c024
+from functools import lru_cache
+from .core import Video, DataError
+from .video import read_frames
+
+@lru_cache(maxsize=256)
+def _frames(path:str, n:int, size) -> Frames: return read_frames(path, n=n, size=size)
+
+def video_part(video:Video, view:str='frames', n:int=8, size:int|None=None) -> VideoPart:
+    "`video` as a prompt part: sampled frames (`view='frames'`) or its caption (`view='caption'`)."
+    if view == 'caption':
+        if not video.caption: raise DataError(f'video {video.id!r} has no caption (caption view)')
+        return VideoPart(caption=video.caption, video_id=video.id)
+    if video.path is None: raise DataError(f'video {video.id!r} has no file path (frames view needs the video files)')
+    return VideoPart(frames=_frames(str(video.path), n, size), video_id=video.id)
+
+# %% ../nbs/03_models.ipynb #c027
 def hub_available(host:str='huggingface.co', timeout:float=1.5) -> bool:
     "Whether the model hub can be reached now (False at once when `HF_HUB_OFFLINE` is set)."
     if os.environ.get('HF_HUB_OFFLINE', '0') not in ('', '0', 'false', 'False'): return False
