@@ -1,0 +1,181 @@
+"Property tests of r3covr.metrics: random score matrices and rank arrays, checked against naive definitions."
+import os
+os.environ.setdefault('HF_HUB_OFFLINE', '1')
+import json
+from types import SimpleNamespace
+import numpy as np
+import pytest
+from r3covr.core import DataError, Query
+from r3covr.metrics import (target_ranks, ranks_by_id, ranks_from_lists, recall_at_k, r_mean, median_rank, mean_rank,
+                            bootstrap_ci, evaluate, metrics_table, Metrics)
+
+SEEDS = range(8)
+
+def _random_problem(seed, nq=40, ng=60, discrete=False):
+    "Scores, targets, references (reference != target, some unlabelled, some references absent)."
+    rng = np.random.default_rng(seed)
+    S = rng.integers(0, 5, (nq, ng)).astype(float) if discrete else rng.standard_normal((nq, ng))
+    t = rng.integers(0, ng, nq)
+    ref = (t + rng.integers(1, ng, nq)) % ng
+    t[rng.random(nq) < .1] = -1
+    ref[rng.random(nq) < .1] = -1
+    return S, t, ref
+
+def _naive(S, t, ref, ties='pessimistic'):
+    "The definition, one query at a time."
+    out = []
+    for i in range(len(S)):
+        if t[i] < 0: out.append(np.nan); continue
+        others = [j for j in range(S.shape[1]) if j not in (t[i], ref[i])]
+        s = S[i, others]
+        out.append(float((s >= S[i, t[i]]).sum() if ties == 'pessimistic' else (s > S[i, t[i]]).sum()))
+    return np.array(out)
+
+@pytest.mark.parametrize('seed', SEEDS)
+@pytest.mark.parametrize('ties', ['pessimistic', 'optimistic'])
+def test_ranks_match_definition(seed, ties):
+    S, t, ref = _random_problem(seed, discrete=seed % 2 == 0)
+    np.testing.assert_array_equal(target_ranks(S, t, ref, ties=ties, chunk=7), _naive(S, t, ref, ties))
+
+@pytest.mark.parametrize('seed', SEEDS)
+def test_pessimistic_never_better(seed):
+    S, t, ref = _random_problem(seed, discrete=True)
+    p, o = target_ranks(S, t, ref), target_ranks(S, t, ref, ties='optimistic')
+    lab = t >= 0
+    assert (p[lab] >= o[lab]).all() and (p[lab] > o[lab]).any()
+    Sc, *_ = _random_problem(seed)   # continuous scores: no ties, the rules agree
+    np.testing.assert_array_equal(target_ranks(Sc, t, ref), target_ranks(Sc, t, ref, ties='optimistic'))
+
+@pytest.mark.parametrize('seed', SEEDS)
+def test_reference_exclusion_changes_rank_iff_reference_outscored_target(seed):
+    S, t, ref = _random_problem(seed)
+    both = (t >= 0) & (ref >= 0)
+    with_ref, without_ref = target_ranks(S, t), target_ranks(S, t, ref)
+    rows = np.flatnonzero(both)
+    outscored = S[rows, ref[rows]] > S[rows, t[rows]]
+    np.testing.assert_array_equal(with_ref[rows] - without_ref[rows], outscored.astype(float))
+    only = (t >= 0) & ~both   # no reference in the gallery: nothing to exclude
+    np.testing.assert_array_equal(with_ref[only], without_ref[only])
+
+def test_two_dimensional_exclusion():
+    S, t, ref = _random_problem(3)
+    pad = np.stack([ref, np.full_like(ref, -1), ref], 1)   # padding and a repeated column change nothing
+    np.testing.assert_array_equal(target_ranks(S, t, pad), target_ranks(S, t, ref))
+    two = np.stack([ref, (t + 2) % S.shape[1]], 1)
+    two[t < 0, 1] = -1
+    lab = t >= 0
+    extra = (S[np.arange(len(S)), two[:, 1]] >= S[np.arange(len(S)), t]) & lab & (two[:, 1] != ref)
+    np.testing.assert_array_equal(target_ranks(S, t, ref)[lab] - target_ranks(S, t, two)[lab], extra[lab].astype(float))
+
+@pytest.mark.parametrize('seed', SEEDS)
+def test_perfect_scores_give_r1_100(seed):
+    rng = np.random.default_rng(seed)
+    S = rng.random((30, 50))
+    t = rng.integers(0, 50, 30)
+    S[np.arange(30), t] = 2.0
+    m = evaluate(target_ranks(S, t), ci=False)
+    assert m['R@1'] == 100 and m['MedR'] == 1 and m['MeanR'] == 1 and m['R_mean'] == 100
+
+@pytest.mark.parametrize('seed', SEEDS)
+def test_recall_monotone_in_k(seed):
+    rng = np.random.default_rng(seed)
+    r = rng.geometric(.1, 300).astype(float) - 1
+    r[rng.random(300) < .1] = np.inf
+    r[rng.random(300) < .1] = np.nan
+    ks = np.arange(1, 120)
+    rec = recall_at_k(r, ks)
+    assert (np.diff(rec) >= 0).all() and rec[0] >= 0 and rec[-1] <= 100
+    assert rec[-1] == pytest.approx(100 * np.isfinite(r).sum() / (~np.isnan(r)).sum())
+
+@pytest.mark.parametrize('seed', SEEDS)
+def test_score_matrix_and_list_ranks_agree(seed):
+    S, t, ref = _random_problem(seed)   # continuous scores: no ties
+    ids = [f'v{j}' for j in range(S.shape[1])]
+    K = 10
+    order = np.argsort(-S, 1)[:, :K]   # top-K lists, the reference possibly inside
+    q = [f'q{i}' for i in range(len(S))]
+    lists = {q[i]: [ids[j] for j in order[i]] for i in range(len(S))}
+    targets = {q[i]: ids[t[i]] if t[i] >= 0 else None for i in range(len(S))}
+    refs = {q[i]: ids[ref[i]] if ref[i] >= 0 else None for i in range(len(S))}
+    from_lists = ranks_from_lists(lists, targets, refs)
+    full = target_ranks(S, t, ref)
+    depth = np.array([len([x for x in lists[k] if x != refs[k]]) for k in q])
+    expected = np.where(np.isnan(full) | (full < depth), full, np.inf)
+    np.testing.assert_array_equal(from_lists, expected)
+    # R@K agrees for every K up to the shallowest list: censoring only matters below it
+    ks = range(1, depth.min() + 1)
+    np.testing.assert_allclose(recall_at_k(from_lists, ks), recall_at_k(full, ks))
+
+def test_ranks_by_id_matches_columns():
+    S, t, ref = _random_problem(5)
+    ids = [f'v{j}' for j in range(S.shape[1])]
+    qs = [Query(f'q{i}', ids[ref[i]] if ref[i] >= 0 else 'elsewhere', 'edit', ids[t[i]] if t[i] >= 0 else None)
+          for i in range(len(S))]
+    np.testing.assert_array_equal(np.array(list(ranks_by_id(S, ids, qs).values())), target_ranks(S, t, ref))
+
+def test_lists_accept_shortlist_objects_and_missing_lists():
+    r = ranks_from_lists({'a': SimpleNamespace(ids=('x', 'y', 'z'))}, {'a': 'z', 'b': 'y'}, {'a': 'x'})
+    np.testing.assert_array_equal(r, [1, np.inf])
+
+def test_bad_inputs_name_the_item():
+    S = np.zeros((3, 4))
+    with pytest.raises(DataError, match='row 1'): target_ranks(S, [0, 4, 1])
+    with pytest.raises(DataError, match='row 2'): target_ranks(S, [0, 1, 1.5])
+    with pytest.raises(DataError, match='3 queries'): target_ranks(S, [0, 1])
+    with pytest.raises(DataError, match='row 2'): target_ranks(S, [0, 1, 2], [1, 0, 2])
+    with pytest.raises(DataError, match='row 1'): target_ranks(np.array([[0, 1.], [np.nan, 0]]), [0, 1])
+    with pytest.raises(DataError, match='matrix'): target_ranks(np.zeros(4), [0])
+    with pytest.raises(DataError, match='query b'): ranks_from_lists({}, {'a': 'x', 'b': 'y'}, {'b': 'y'})
+    with pytest.raises(DataError, match='query q7'): ranks_by_id(S, list('abcd'), [Query('q7', 'a', 'e', 'z')] * 3)
+    with pytest.raises(DataError, match='not numbers'): evaluate(['a', 1])
+    with pytest.raises(ValueError): target_ranks(S, [0, 1, 2], ties='average')
+
+def test_unlabelled_and_exclusion_inputs_accept_none_and_nan():
+    S = np.arange(12.).reshape(3, 4)
+    r = target_ranks(S, [0, None, np.nan], [1, None, np.nan])   # row 0: columns 2 and 3 beat column 0, 1 is excluded
+    assert r[0] == 2 and np.isnan(r[1:]).all()
+    assert target_ranks(S, [0, 0, 0], [None, None, None])[0] == 3
+
+def test_bootstrap_is_seeded_and_block_size_free():
+    r = np.random.default_rng(1).geometric(.3, 500) - 1.
+    stat = lambda x: recall_at_k(x, (1, 5))
+    a = bootstrap_ci(r, stat)
+    np.testing.assert_array_equal(a, bootstrap_ci(r, stat))
+    np.testing.assert_array_equal(a, bootstrap_ci(r, stat, max_cells=1000))   # memory bound does not change it
+    assert not np.array_equal(a, bootstrap_ci(r, stat, seed=1))
+    point = stat(r)
+    assert ((a[0] <= point) & (point <= a[1])).all()
+    wide, narrow = bootstrap_ci(r, stat, alpha=.01), bootstrap_ci(r, stat, alpha=.5)
+    assert ((wide[0] <= narrow[0]) & (narrow[1] <= wide[1])).all()
+
+def test_evaluate_is_json_and_dict_input_equals_array():
+    rng = np.random.default_rng(2)
+    r = rng.geometric(.2, 200) - 1.
+    r[:150] = np.inf   # the median is censored: MedR and MeanR are unknown, not numbers
+    m = evaluate(r, n_boot=100)
+    assert isinstance(m, Metrics) and m['MedR'] is None and m['MeanR'] is None and m['n_censored'] == 150
+    assert json.loads(json.dumps(m, allow_nan=False)) == m
+    d = evaluate({f'q{i}': (None if i == 0 else x) for i, x in enumerate(r)}, n_boot=100)
+    assert d['n_queries'] == 200 and d['n_scored'] == 199
+    assert evaluate(list(r[1:]), n_boot=100) == {**d, 'n_queries': 199}
+
+def test_metrics_table_rows_and_escaping():
+    t = metrics_table({'a|b': evaluate([0, 1, 5], ci=False), 'c': evaluate([0, 0, np.inf], ci=False)})
+    lines = t.splitlines()
+    assert len(lines) == 4 and lines[2].startswith('| a\\|b | 33.3 |') and lines[3].endswith('| 3 | 1 |')
+    assert t._repr_markdown_() == t
+
+def test_large_matrix_runs_vectorised():
+    "2000 x 5000 scores: runs in array operations (no timing assertion); spot-checked against the definition."
+    rng = np.random.default_rng(0)
+    S = rng.standard_normal((2000, 5000)).astype(np.float32)
+    t = rng.integers(0, 5000, 2000)
+    ref = (t + 1) % 5000
+    r = target_ranks(S, t, ref)
+    assert r.shape == (2000,) and np.isfinite(r).all()
+    rows = rng.choice(2000, 20, replace=False)
+    np.testing.assert_array_equal(r[rows], _naive(S[rows], t[rows], ref[rows]))
+    np.testing.assert_array_equal(r, target_ranks(S, t, ref, chunk=333))
+    m = evaluate(r)
+    assert 0 <= m['R@1'] <= m['R@5'] <= m['R@10'] <= m['R@50'] <= 100
+    assert m['ci']['R@50'][0] <= m['R@50'] <= m['ci']['R@50'][1]
