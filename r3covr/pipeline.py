@@ -12,7 +12,7 @@ from .core import (R3Error, DataError, CoVRDataset, cache_dir, stable_hash, writ
 from .models import load_preset, create_encoder, create_vlm, video_part
 from .reason import reason, baseline_text, PROMPTS
 from .retrieve import embed_gallery, gallery_key, retrieve, Shortlist
-from .rerank import rerank_scores, rerank, JUDGE_SYSTEM
+from .rerank import rerank_scores, rerank, JUDGE_VERSION
 from .metrics import evaluate, metrics_table, ranks_by_id
 
 # %% auto #0
@@ -41,7 +41,7 @@ def load_dataset(spec:str='synthetic', root:str|None=None, n:int|None=None, seed
     return ds.subset(n) if n else ds
 
 # %% ../nbs/08_pipeline.ipynb #c008
-DEFAULTS = dict(dataset='synthetic', root=None, n=None, seed=0, preset='cpu', strategy='one-pass', budget=None,
+DEFAULTS = dict(dataset='synthetic', root=None, n=None, seed=0, preset='cpu', strategy='one-pass', template='describe@1', budget=None,
                 k=50, rerank=True, rerank_k=20, weight=0.5, with_reference=False, merged=True, index='flat',
                 baselines=True, batch_size=8)
 
@@ -59,9 +59,9 @@ def stage_keys(cfg:dict, ds:CoVRDataset) -> dict:
     "Cache keys of the reason, retrieve and judge stages for `cfg` on `ds`."
     data = [ds.name, [q.id for q in ds.queries], cfg['seed']]
     r = stable_hash([data, cfg['vlm'], cfg['view'], cfg['frames'], cfg['strategy'], cfg['budget'],
-                     cfg['encoder'], sorted(PROMPTS)])
+                     cfg['encoder'], PROMPTS[cfg['template']], PROMPTS['describe-from-trace@1']])
     s = stable_hash([r, cfg['k'], cfg['merged'], cfg['index'], len(ds.gallery)])
-    j = stable_hash([s, cfg['rerank_k'], cfg['with_reference'], JUDGE_SYSTEM])
+    j = stable_hash([s, cfg['rerank_k'], cfg['with_reference'], JUDGE_VERSION])
     return dict(reason=r, retrieve=s, judge=j)
 
 # %% ../nbs/08_pipeline.ipynb #c015
@@ -117,7 +117,7 @@ from fastcore.basics import patch
 def describe(self:Run) -> dict:
     "Reasoned descriptions by query id (cached under the reason key)."
     def work(batch): return reason(batch, [self.part(q.reference) for q in batch], self.vlm, self.encoder,
-                                   self.cfg['strategy'], self.cfg['budget'])
+                                   self.cfg['strategy'], self.cfg['budget'], self.cfg['template'])
     return resumable(list(self.ds), self.dir/f'descriptions-{self.keys["reason"]}.jsonl', work, self.errors,
                      self.cfg['batch_size'], 'reason')
 

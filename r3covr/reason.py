@@ -41,6 +41,12 @@ PROMPTS = {t.name: t for t in [
               f'the change does not mention. Consider {_ASPECTS}.\n'
               'Write a caption of the resulting video only, in at most {words} words, as one or two plain sentences. '
               'Describe what is visible; do not mention the reference, the change, or what is absent.\nCaption:')),
+    PromptTemplate('describe-example@1',
+        system='You write short captions of videos.',
+        user=('Example.\nReference video: <video>a man rides a bicycle along a city street</video>\n'
+              'Requested change: make it a woman on a horse, and let it be night\n'
+              'Caption of the changed video: a woman rides a horse along a city street at night\n\n'
+              'Reference video: {video}\nRequested change: {edit}\nCaption of the changed video:')),
     PromptTemplate('reason@1',
         system='You reason carefully about how a video changes.',
         user=('Reference video: {video}\nRequested change: {edit}\n\n'
@@ -53,22 +59,23 @@ PROMPTS = {t.name: t for t in [
               'Describe what is visible; do not mention the reference, the change, or what is absent.\nCaption:')),
 ]}
 
-# %% ../nbs/04_reason.ipynb #c011
+# %% ../nbs/04_reason.ipynb #c012
 def word_budget(tokens:int, words_per_token:float=0.7) -> int:
     "Words to ask the VLM for, so its text fits `tokens` encoder tokens."
     return max(4, int(tokens * words_per_token))
 
-# %% ../nbs/04_reason.ipynb #c014
+# %% ../nbs/04_reason.ipynb #c015
 _PREAMBLE = re.compile(r'^\s*(sure[,!.]?\s*)?(here( i|\')s|here are)?[^:\n]{0,40}(caption|description)[^:\n]{0,20}:\s*', re.I)
 
 def clean_description(text:str) -> str:
-    "A generated caption without preamble, markdown, quotes or line breaks."
+    "A generated caption without preamble, markdown, quotes, line breaks or repeated sentences."
     t = _PREAMBLE.sub('', text.strip())
     t = re.sub(r'[*_#`]+', '', t)
     t = ' '.join(l.strip(' -') for l in t.splitlines() if l.strip())
-    return t.strip().strip('"\'“”').strip()
+    sents = re.split(r'(?<=[.!?])\s+', t.strip().strip('"\'“”').strip())
+    return ' '.join(dict.fromkeys(x for x in sents if x))
 
-# %% ../nbs/04_reason.ipynb #c017
+# %% ../nbs/04_reason.ipynb #c018
 def _fit(pieces:list, sep:str, fits) -> str:
     "Longest prefix of `pieces` joined by `sep` that `fits`."
     out = ''
@@ -87,13 +94,19 @@ def fit_to_window(text:str, encoder:Encoder, budget:int|None=None) -> tuple:
     out = _fit(re.split(r'(?<=[.!?])\s+', text), ' ', fits)
     if not out: out = _fit(re.split(r'(?<=[,;])\s+', text), ' ', fits)
     if not out: out = _fit(text.split(), ' ', fits)
+    if not out:   # one unbroken run of characters longer than the window: the longest prefix that fits
+        lo, hi = 0, len(text)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if fits(text[:mid]) else (lo, mid - 1)
+        out = text[:lo]
     return out, n
 
-# %% ../nbs/04_reason.ipynb #c022
+# %% ../nbs/04_reason.ipynb #c025
 STRATEGIES = ('one-pass', 'reason-then-describe')
 
 def reason(queries:list, refs:list, vlm:VLM, encoder:Encoder, strategy:str='one-pass',
-           budget:int|None=None, max_trace_tokens:int=160) -> list:
+           budget:int|None=None, template:str='describe@1', max_trace_tokens:int=160) -> list:
     "Description records for `queries`, whose reference videos are the `VideoPart`s `refs`."
     if strategy not in STRATEGIES: raise ValueError(f'unknown strategy {strategy!r}; choose from {STRATEGIES}')
     budget = budget or encoder.context_length
@@ -103,8 +116,8 @@ def reason(queries:list, refs:list, vlm:VLM, encoder:Encoder, strategy:str='one-
     if strategy == 'reason-then-describe':
         traces = vlm.generate([PROMPTS['reason@1'].chat(r, edit=e) for r, e in zip(refs, edits)], max_trace_tokens)
         tmpl, slots = PROMPTS['describe-from-trace@1'], [dict(trace=t.strip()) for t in traces]
-    else: tmpl, slots = PROMPTS['describe@1'], [{}] * len(queries)
-    raw = vlm.generate([tmpl.chat(r, edit=e, words=words, **s) for r, e, s in zip(refs, edits, slots)], int(budget * 1.5) + 8)
+    else: tmpl, slots = PROMPTS[template], [{}] * len(queries)
+    raw = vlm.generate([tmpl.chat(r, edit=e, words=words, **s) for r, e, s in zip(refs, edits, slots)], budget + 8)
     return [_record(q, t, r, tmpl.name, encoder, budget) for q, t, r in zip(queries, traces, raw)]
 
 def _record(q:Query, trace:str, raw:str, template:str, encoder:Encoder, budget:int) -> dict:
@@ -112,7 +125,7 @@ def _record(q:Query, trace:str, raw:str, template:str, encoder:Encoder, budget:i
     return dict(id=q.id, description=text, trace=trace.strip(), raw=raw, template=template,
                 tokens_raw=n, tokens=encoder.count_tokens(text), overflow=n > budget)
 
-# %% ../nbs/04_reason.ipynb #c024
+# %% ../nbs/04_reason.ipynb #c027
 def baseline_text(q:Query, ref_caption:str|None, kind:str) -> str:
     "Query text of a no-VLM baseline: `edit-only`, or `caption+edit` (reference caption, then edit)."
     if kind == 'edit-only': return q.edit

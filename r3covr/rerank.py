@@ -10,17 +10,19 @@ from .models import Chat, VideoPart, VLM
 from .retrieve import Shortlist
 
 # %% auto #0
-__all__ = ['JUDGE_SYSTEM', 'judge_prompt', 'minmax', 'blend', 'rerank_scores', 'rerank']
+__all__ = ['JUDGE_VERSION', 'JUDGE_SYSTEM', 'judge_prompt', 'minmax', 'blend', 'rerank_scores', 'rerank']
 
 # %% ../nbs/06_rerank.ipynb #c006
-JUDGE_SYSTEM = 'You verify whether a video matches a requested edit of another video. Answer with yes or no.'
+JUDGE_VERSION = 'judge@2'   # bump when the wording below changes: cached judge scores are keyed by it
+JUDGE_SYSTEM = 'You check whether a video matches a description. Answer with yes or no.'
 
 def judge_prompt(edit:str, description:str, candidate:VideoPart, reference:VideoPart|None=None) -> Chat:
-    "The yes/no question the VLM answers for one candidate."
-    ref = ('Reference video: ', reference, '\n') if reference is not None else ()
-    return Chat(ref + (f'Requested change: {edit}\nExpected result: {description}\nCandidate video: ', candidate,
-                       '\nDoes the candidate video show the expected result -- every requested change made, and '
-                       'nothing else changed? Answer yes or no.'), system=JUDGE_SYSTEM)
+    "The yes/no question the VLM answers for one candidate (question first, then the evidence)."
+    ref = ('\nReference video: ', reference, f'\nRequested change to it: {edit}') if reference is not None else \
+          (f'\nRequested change to the reference video: {edit}',)
+    return Chat(('Does the candidate video show the expected video, with every requested change made and nothing '
+                 'else changed? Answer yes or no.', *ref, f'\nExpected video: {description}\nCandidate video: ', candidate),
+                system=JUDGE_SYSTEM)
 
 # %% ../nbs/06_rerank.ipynb #c010
 def minmax(x:np.ndarray) -> np.ndarray:
