@@ -29,7 +29,7 @@ def parse_sets(pairs:list) -> dict:
 # %% ../nbs/10_cli.ipynb #c009
 def run_settings(args) -> dict:
     "Run settings from parsed arguments: dataset options, then `--set` overrides merged over the preset."
-    kw = dict(dataset=args.dataset, root=args.root, n=args.n, preset=args.preset)
+    kw = dict(dataset=args.dataset, root=args.root, gallery=getattr(args, 'gallery', None), n=args.n, preset=args.preset)
     sets = parse_sets(args.set)
     preset = load_preset(args.preset)
     for sec in ('encoder', 'vlm', 'frames'):
@@ -44,15 +44,17 @@ def _run_dir(args, name=None) -> Path:
 def cmd_run(args):
     "Run the three stages on a dataset and print the table."
     from r3covr.pipeline import Run
+    from r3covr.viz import save_run_figures
     run = Run(_run_dir(args), **run_settings(args))
     res = run()
+    save_run_figures(run)
     print(res['table']); print(f"\nrun folder: {run.dir}  ({res['n_scored']} of {res['n_queries']} queries scored, "
                                f"{res['n_errors']} errors; seconds: {res['seconds']})")
     return res
 
 def cmd_demo(args):
-    "The main job: synthetic data, cpu preset, offline."
-    args.dataset, args.root = 'synthetic', None
+    "The main job: synthetic data (60 queries unless --n), cpu preset, offline."
+    args.dataset, args.root, args.n = 'synthetic', None, args.n or 60
     return cmd_run(args)
 
 # %% ../nbs/10_cli.ipynb #c012
@@ -111,6 +113,7 @@ def parser() -> argparse.ArgumentParser:
     def data_args(s, dataset='synthetic', preset='cpu'):
         s.add_argument('--dataset', default=dataset, help='synthetic | WebVid-CoVR .csv | CoVR-R .json')
         s.add_argument('--root', help='folder of the video files (frames view)')
+        s.add_argument('--gallery', help='challenge files: folder of candidate videos to rank (default: the referenced videos)')
         s.add_argument('--n', type=int, help='only the first N queries')
         s.add_argument('--preset', default=preset, help=f'one of {list_presets()} or a preset .json')
         s.add_argument('--out', help='run folder (default runs/<dataset>-<preset>)')

@@ -10,7 +10,7 @@ import numpy as np
 from .core import (R3Error, DataError, CoVRDataset, cache_dir, stable_hash, write_json, read_json,
                          append_jsonl, read_jsonl, write_jsonl)
 from .models import load_preset, create_encoder, create_vlm, video_part
-from .reason import reason, baseline_text, PROMPTS
+from .reason import reason, baseline_text, window, PROMPTS
 from .retrieve import embed_gallery, gallery_key, retrieve, Shortlist
 from .rerank import rerank_scores, rerank, JUDGE_VERSION
 from .metrics import evaluate, metrics_table, ranks_by_id
@@ -25,8 +25,8 @@ def _is_challenge(obj) -> bool:
     return isinstance(obj, list) and bool(obj) and all(isinstance(g, dict) and len(g) == 1 and
                                                        isinstance(next(iter(g.values())), list) for g in obj)
 
-def load_dataset(spec:str='synthetic', root:str|None=None, n:int|None=None, seed:int=0) -> CoVRDataset:
-    "A dataset from a name or file: `synthetic`, a WebVid-CoVR CSV, a CoVR-R annotation JSON or a challenge query JSON."
+def load_dataset(spec:str='synthetic', root:str|None=None, n:int|None=None, seed:int=0, gallery:str|None=None) -> CoVRDataset:
+    "A dataset from a name or file: `synthetic`, a WebVid-CoVR CSV, a CoVR-R annotation JSON or a challenge query JSON (`gallery`: a folder of candidate videos)."
     from r3covr import data
     if spec == 'synthetic':
         from r3covr.synthetic import make_synthetic
@@ -35,13 +35,13 @@ def load_dataset(spec:str='synthetic', root:str|None=None, n:int|None=None, seed
     if not p.is_file(): raise DataError(f'dataset {spec!r}: no such file (or use "synthetic")')
     if p.suffix == '.csv': ds = data.load_webvid_covr(p, root=root, on_error='skip')
     elif p.suffix == '.json':
-        load = data.load_challenge if _is_challenge(read_json(p)) else data.load_covr_r
-        ds = load(p, root=root, on_error='skip')
+        if _is_challenge(read_json(p)): ds = data.load_challenge(p, root=root, gallery_root=gallery, on_error='skip')
+        else: ds = data.load_covr_r(p, root=root, on_error='skip')
     else: raise DataError(f'dataset {spec!r}: expected a .csv (WebVid-CoVR) or .json (CoVR-R) file')
     return ds.subset(n) if n else ds
 
 # %% ../nbs/08_pipeline.ipynb #c008
-DEFAULTS = dict(dataset='synthetic', root=None, n=None, seed=0, preset='cpu', strategy='one-pass', template='describe@1', budget=None,
+DEFAULTS = dict(dataset='synthetic', root=None, gallery=None, n=None, seed=0, preset='cpu', strategy='one-pass', template='describe@1', budget=None,
                 k=50, rerank=True, rerank_k=20, weight=0.5, with_reference=False, merged=True, index='flat',
                 baselines=True, batch_size=8)
 
@@ -57,7 +57,7 @@ def run_config(**kw) -> dict:
 # %% ../nbs/08_pipeline.ipynb #c012
 def stage_keys(cfg:dict, ds:CoVRDataset) -> dict:
     "Cache keys of the reason, retrieve and judge stages for `cfg` on `ds`."
-    data = [ds.name, [q.id for q in ds.queries], cfg['seed']]
+    data = [ds.name, [q.id for q in ds.queries], cfg['seed'], cfg['gallery']]
     r = stable_hash([data, cfg['vlm'], cfg['view'], cfg['frames'], cfg['strategy'], cfg['budget'],
                      cfg['encoder'], PROMPTS[cfg['template']], PROMPTS['describe-from-trace@1']])
     s = stable_hash([r, cfg['k'], cfg['merged'], cfg['index'], len(ds.gallery)])
@@ -89,7 +89,7 @@ class Run:
     def __init__(self, folder, ds:CoVRDataset|None=None, **cfg):
         self.dir = Path(folder); self.dir.mkdir(parents=True, exist_ok=True)
         self.cfg = run_config(**cfg)
-        self.ds = ds if ds is not None else load_dataset(self.cfg['dataset'], self.cfg['root'], self.cfg['n'], self.cfg['seed'])
+        self.ds = ds if ds is not None else load_dataset(self.cfg['dataset'], self.cfg['root'], self.cfg['n'], self.cfg['seed'], self.cfg['gallery'])
         self.keys = stage_keys(self.cfg, self.ds)
         self.targets = {q.id: q.target for q in self.ds}
         self.errors = self.dir/'errors.jsonl'
@@ -234,7 +234,7 @@ def report(self:Run, ranks:dict, times:dict, desc:dict) -> dict:
     d = list(desc.values())
     out = dict(n_queries=len(self.ds), n_scored=len(common), n_errors=len(read_jsonl(self.errors)), metrics=rows,
                seconds={k: round(v, 2) for k, v in times.items()},
-               length=dict(budget=self.cfg['budget'] or self.encoder.context_length,
+               length=dict(budget=self.cfg['budget'] or window(self.encoder),
                            mean_tokens_raw=float(np.mean([r['tokens_raw'] for r in d])) if d else None,
                            mean_tokens=float(np.mean([r['tokens'] for r in d])) if d else None,
                            overflow_share=float(np.mean([r['overflow'] for r in d])) if d else None),
@@ -260,9 +260,9 @@ def ablate(folder, budgets:list|None=None, rerank_ks:list|None=None, weights:lis
     rows = [_row('rerank', 'off', ev(base.ranks['R3 retrieve'])), _row('rerank', 'on', ev(base.ranks['R3 rerank']))]
     rows += [_row('rerank K', k, ev(base.rerank_ranks(k=k))) for k in rerank_ks]
     rows += [_row('blend weight', w, ev(base.rerank_ranks(weight=w))) for w in weights]
-    window = base.encoder.context_length
+    win = window(base.encoder)
     for b in budgets or []:
-        r = Run(folder/f'budget-{b}', ds=base.ds, **{**cfg, 'budget': None if b == window else b, 'rerank': False, 'baselines': False})
+        r = Run(folder/f'budget-{b}', ds=base.ds, **{**cfg, 'budget': None if b == win else b, 'rerank': False, 'baselines': False})
         r._enc, r._vlm = base._enc, base._vlm
         r(); rows.append(_row('length budget', b, ev(r.ranks['R3 retrieve'])))
     write_jsonl(folder/'ablation.jsonl', rows)

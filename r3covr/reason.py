@@ -10,7 +10,7 @@ from .core import Query, check_text
 from .models import Chat, VideoPart, Encoder, VLM
 
 # %% auto #0
-__all__ = ['PROMPTS', 'STRATEGIES', 'PromptTemplate', 'word_budget', 'clean_description', 'fit_to_window', 'reason',
+__all__ = ['PROMPTS', 'STRATEGIES', 'PromptTemplate', 'word_budget', 'clean_description', 'window', 'fit_to_window', 'reason',
            'baseline_text']
 
 # %% ../nbs/04_reason.ipynb #c006
@@ -41,12 +41,10 @@ PROMPTS = {t.name: t for t in [
               f'the change does not mention. Consider {_ASPECTS}.\n'
               'Write a caption of the resulting video only, in at most {words} words, as one or two plain sentences. '
               'Describe what is visible; do not mention the reference, the change, or what is absent.\nCaption:')),
-    PromptTemplate('describe-example@1',
-        system='You write short captions of videos.',
-        user=('Example.\nReference video: <video>a man rides a bicycle along a city street</video>\n'
-              'Requested change: make it a woman on a horse, and let it be night\n'
-              'Caption of the changed video: a woman rides a horse along a city street at night\n\n'
-              'Reference video: {video}\nRequested change: {edit}\nCaption of the changed video:')),
+    PromptTemplate('rewrite-caption@1',
+        system='You edit video captions.',
+        user=('Video caption: {video}\nRequested change: {edit}\nRewrite the caption so that it describes the changed '
+              'video. Reply with the new caption only.\nNew caption:')),
     PromptTemplate('reason@1',
         system='You reason carefully about how a video changes.',
         user=('Reference video: {video}\nRequested change: {edit}\n\n'
@@ -70,7 +68,7 @@ _PREAMBLE = re.compile(r'^\s*(sure[,!.]?\s*)?(here( i|\')s|here are)?[^:\n]{0,40
 def clean_description(text:str) -> str:
     "A generated caption without preamble, markdown, quotes, line breaks or repeated sentences."
     t = _PREAMBLE.sub('', text.strip())
-    t = re.sub(r'[*_#`]+', '', t)
+    t = re.sub(r'[*_#`]+|</?video>', '', t)
     t = ' '.join(l.strip(' -') for l in t.splitlines() if l.strip())
     sents = re.split(r'(?<=[.!?])\s+', t.strip().strip('"\'“”').strip())
     return ' '.join(dict.fromkeys(x for x in sents if x))
@@ -85,9 +83,13 @@ def _fit(pieces:list, sep:str, fits) -> str:
         out = cand
     return out
 
+def window(encoder:Encoder) -> int:
+    "Content tokens the encoder reads: its `content_length` when special tokens take slots (SigLIP-2's EOS), else `context_length`."
+    return getattr(encoder, 'content_length', None) or encoder.context_length
+
 def fit_to_window(text:str, encoder:Encoder, budget:int|None=None) -> tuple:
     "`text` cut to `budget` encoder tokens at a sentence, clause or word boundary; returns (text, tokens_before)."
-    budget = budget or encoder.context_length
+    budget = budget or window(encoder)
     n = encoder.count_tokens(text)
     if n <= budget: return text, n
     fits = lambda s: encoder.count_tokens(s) <= budget
@@ -109,7 +111,7 @@ def reason(queries:list, refs:list, vlm:VLM, encoder:Encoder, strategy:str='one-
            budget:int|None=None, template:str='describe@1', max_trace_tokens:int=160) -> list:
     "Description records for `queries`, whose reference videos are the `VideoPart`s `refs`."
     if strategy not in STRATEGIES: raise ValueError(f'unknown strategy {strategy!r}; choose from {STRATEGIES}')
-    budget = budget or encoder.context_length
+    budget = budget or window(encoder)
     words = word_budget(budget)
     edits = [check_text(q.edit, f'query {q.id}: edit') for q in queries]
     traces = [''] * len(queries)
