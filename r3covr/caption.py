@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 from fastcore.basics import patch
 from .core import R3Error, cache_dir, stable_hash
-from .models import Chat, Encoder, VLM, VideoPart, l2norm, locate_weights
+from .models import Chat, Encoder, VLM, VideoPart, l2norm, locate_weights, batches, answer_token_ids
 
 # %% auto #0
-__all__ = ['WHEELS', 'CHATML', 'YES', 'NO', 'wheel_file', 'find_weights', 'mean_pool', 'SentenceEncoder', 'gguf_cache',
-           'load_gguf', 'single_token_ids', 'CausalLM']
+__all__ = ['WHEELS', 'CHATML', 'wheel_file', 'find_weights', 'mean_pool', 'SentenceEncoder', 'gguf_cache', 'load_gguf',
+           'CausalLM']
 
 # %% ../nbs/03c_caption.ipynb #c007
 WHEELS = {  # hub id -> (pip name, package, file or folder inside it)
@@ -48,9 +48,6 @@ def mean_pool(hidden, mask):
     m = mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
 
-def _batches(xs:list, n:int):
-    for i in range(0, len(xs), n): yield xs[i:i+n]
-
 # %% ../nbs/03c_caption.ipynb #c017
 class SentenceEncoder(Encoder):
     "A sentence-transformers text encoder (mean pooling, L2 norm) via plain transformers; caption view only."
@@ -76,7 +73,7 @@ class SentenceEncoder(Encoder):
         "(n, d) unit vectors; each text cut at `context_length` content tokens."
         import torch
         out = []
-        for b in _batches(list(texts), self.batch_size):
+        for b in batches(texts, self.batch_size):
             enc = self.tok(b, padding=True, truncation=True, max_length=self.context_length + 2, return_tensors='pt')
             with torch.inference_mode(): h = self.model(**enc).last_hidden_state
             out.append(mean_pool(h, enc['attention_mask']).float().numpy())
@@ -123,12 +120,6 @@ def load_gguf(path, cache:bool=True):
 # %% ../nbs/03c_caption.ipynb #c033
 CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n'}}"
           "{% endfor %}{% if add_generation_prompt %}{{'<|im_start|>assistant\n'}}{% endif %}")
-YES, NO = ('yes', 'Yes', ' yes', ' Yes'), ('no', 'No', ' no', ' No')
-
-def single_token_ids(tok, words) -> list:
-    "Ids of those `words` that the tokenizer writes as one token."
-    ids = [tok.encode(w, add_special_tokens=False) for w in words]
-    return sorted({i[0] for i in ids if len(i) == 1})
 
 # %% ../nbs/03c_caption.ipynb #c035
 def _gguf_in(p:Path) -> Path:
@@ -151,7 +142,7 @@ class CausalLM(VLM):
         if not self.tok.chat_template: self.tok.chat_template = CHATML
         if self.tok.pad_token is None: self.tok.pad_token = self.tok.eos_token
         self.tok.padding_side = 'left'
-        self.yes_ids, self.no_ids = single_token_ids(self.tok, YES), single_token_ids(self.tok, NO)
+        self.yes_ids, self.no_ids = answer_token_ids(self.tok)
 
     def chat_text(self, chat:Chat|str) -> str:
         "The prompt as the model reads it: chat template applied, ending in the assistant header."
@@ -165,7 +156,7 @@ class CausalLM(VLM):
     def _batches(self, prompts:list):
         "Tokenised, left-padded batches of `prompts`."
         texts = [self.chat_text(p) for p in prompts]
-        for b in _batches(texts, self.batch_size): yield self.tok(b, padding=True, return_tensors='pt', add_special_tokens=False)
+        for b in batches(texts, self.batch_size): yield self.tok(b, padding=True, return_tensors='pt', add_special_tokens=False)
 
 # %% ../nbs/03c_caption.ipynb #c037
 @patch

@@ -12,8 +12,9 @@ from .core import R3Error, cache_dir
 from .video import Frames
 
 # %% auto #0
-__all__ = ['PRESET_DIR', 'BACKENDS', 'TWINS', 'VideoPart', 'Chat', 'l2norm', 'Encoder', 'VLM', 'list_presets', 'load_preset',
-           'resolve_model', 'create_encoder', 'create_vlm', 'video_part', 'hub_available', 'locate_weights']
+__all__ = ['PRESET_DIR', 'BACKENDS', 'TWINS', 'ANSWER_SPELLINGS', 'VideoPart', 'Chat', 'l2norm', 'Encoder', 'VLM', 'list_presets',
+           'load_preset', 'resolve_model', 'create_encoder', 'create_vlm', 'video_part', 'batches', 'answer_token_ids',
+           'hub_available', 'locate_weights']
 
 # %% ../nbs/03_models.ipynb #c006
 @dataclass(frozen=True)
@@ -150,6 +151,25 @@ def video_part(video:Video, view:str='frames', n:int=8, size:int|None=None) -> V
     return VideoPart(frames=_frames(str(video.path), n, size), video_id=video.id)
 
 # %% ../nbs/03_models.ipynb #c027
+def batches(xs:list, n:int):
+    "Consecutive chunks of `xs` of at most `n` (n < 1 counts as 1)."
+    xs = list(xs)
+    for i in range(0, len(xs), max(1, n)): yield xs[i:i+max(1, n)]
+
+ANSWER_SPELLINGS = {'yes': ('yes', 'Yes', 'YES', ' yes', ' Yes'), 'no': ('no', 'No', 'NO', ' no', ' No')}
+
+def answer_token_ids(tokenizer) -> tuple:
+    "Ids of the single-token spellings of 'yes' and of 'no' (two sorted lists); `R3Error` when a word has none."
+    def ids(word):
+        enc = [tokenizer.encode(s, add_special_tokens=False) for s in ANSWER_SPELLINGS[word]]
+        out = sorted({e[0] for e in enc if len(e) == 1})
+        if not out: raise R3Error(f'tokenizer {tokenizer.name_or_path!r} has no single-token spelling of {word!r}')
+        return out
+    yes, no = ids('yes'), ids('no')
+    if set(yes) & set(no): raise R3Error(f'tokenizer {tokenizer.name_or_path!r}: yes and no share a token')
+    return yes, no
+
+# %% ../nbs/03_models.ipynb #c030
 def hub_available(host:str='huggingface.co', timeout:float=1.5) -> bool:
     "Whether the model hub can be reached now (False at once when `HF_HUB_OFFLINE` is set)."
     if os.environ.get('HF_HUB_OFFLINE', '0') not in ('', '0', 'false', 'False'): return False

@@ -9,12 +9,11 @@ from pathlib import Path
 import numpy as np
 from fastcore.basics import patch
 from .core import R3Error, atomic_write
-from .models import VLM, Chat, VideoPart, locate_weights
+from .models import VLM, Chat, VideoPart, locate_weights, batches, answer_token_ids
 from .video import Frames
 
 # %% auto #0
-__all__ = ['CONTROL_TOKENS', 'TWIN_TEMPLATE', 'TWIN_VERSION', 'ANSWER_SPELLINGS', 'chat_messages', 'video_metadata', 'build_twin',
-           'answer_token_ids', 'Qwen3VL']
+__all__ = ['CONTROL_TOKENS', 'TWIN_TEMPLATE', 'TWIN_VERSION', 'chat_messages', 'video_metadata', 'build_twin', 'Qwen3VL']
 
 # %% ../nbs/03a_qwen3vl.ipynb #c006
 def _plain(text:str) -> str:
@@ -130,21 +129,7 @@ def build_twin(folder, seed:int=0) -> str:
     atomic_write(marker, TWIN_VERSION + '\n')
     return str(folder)
 
-# %% ../nbs/03a_qwen3vl.ipynb #c024
-ANSWER_SPELLINGS = {'yes': ('yes', 'Yes', 'YES', ' yes', ' Yes'), 'no': ('no', 'No', 'NO', ' no', ' No')}
-
-def answer_token_ids(tokenizer) -> tuple:
-    "Ids of the single-token spellings of 'yes' and of 'no' (two sorted lists)."
-    def ids(word):
-        enc = [tokenizer.encode(s, add_special_tokens=False) for s in ANSWER_SPELLINGS[word]]
-        out = sorted({e[0] for e in enc if len(e) == 1})
-        if not out: raise R3Error(f'tokenizer {tokenizer.name_or_path!r} has no single-token spelling of {word!r}')
-        return out
-    yes, no = ids('yes'), ids('no')
-    if set(yes) & set(no): raise R3Error(f'tokenizer {tokenizer.name_or_path!r}: yes and no share a token')
-    return yes, no
-
-# %% ../nbs/03a_qwen3vl.ipynb #c028
+# %% ../nbs/03a_qwen3vl.ipynb #c027
 def _device_dtype(device:str|None, dtype:str|None) -> tuple:
     "Device (cuda when available), torch dtype (bf16 on GPU, fp32 on CPU) and attention implementation."
     import torch
@@ -175,7 +160,7 @@ class Qwen3VL(VLM):
 
     def __repr__(self): return f'Qwen3VL({self.name!r}, {self.device}, {str(self.dtype).split(".")[-1]}, {self.model.config._attn_implementation})'
 
-# %% ../nbs/03a_qwen3vl.ipynb #c032
+# %% ../nbs/03a_qwen3vl.ipynb #c031
 @patch
 def _encode(self:Qwen3VL, prompts:list):
     "Tokens, attention mask, pixels and grids for a batch of `Chat`s (left-padded)."
@@ -187,17 +172,13 @@ def _encode(self:Qwen3VL, prompts:list):
               do_sample_frames=False) if frames else {}
     return self.processor(text=texts, padding=True, return_tensors='pt', **kw).to(self.device)
 
-# %% ../nbs/03a_qwen3vl.ipynb #c037
-def _batches(xs:list, n:int):
-    "Consecutive chunks of `xs` of at most `n`."
-    for i in range(0, len(xs), max(1, n)): yield xs[i:i+max(1, n)]
-
+# %% ../nbs/03a_qwen3vl.ipynb #c036
 @patch
 def generate(self:Qwen3VL, prompts:list, max_new_tokens:int=128) -> list:
     "Greedy continuation of each `Chat`, new text only."
     import torch
     out = []
-    for b in _batches(list(prompts), self.batch_size):
+    for b in batches(prompts, self.batch_size):
         enc = self._encode(b)
         with torch.inference_mode():
             ids = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
@@ -205,13 +186,13 @@ def generate(self:Qwen3VL, prompts:list, max_new_tokens:int=128) -> list:
         out += [t.strip() for t in self.processor.batch_decode(ids[:, enc['input_ids'].shape[1]:], skip_special_tokens=True)]
     return out
 
-# %% ../nbs/03a_qwen3vl.ipynb #c041
+# %% ../nbs/03a_qwen3vl.ipynb #c040
 @patch
 def yes_no_logits(self:Qwen3VL, prompts:list) -> np.ndarray:
     "(n, 2): log-sum-exp of next-token logits over the 'yes' spellings and over the 'no' spellings."
     import torch
     out = []
-    for b in _batches(list(prompts), self.batch_size):
+    for b in batches(prompts, self.batch_size):
         enc = self._encode(b)
         pos, _ = self.model.model.get_rope_index(enc['input_ids'], enc['mm_token_type_ids'], attention_mask=enc['attention_mask'],
                                                  video_grid_thw=enc.get('video_grid_thw'))

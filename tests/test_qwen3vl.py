@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from r3covr.core import R3Error
-from r3covr.models import Chat, VideoPart, create_vlm
+from r3covr.models import Chat, VideoPart, create_vlm, answer_token_ids
 from r3covr.video import Frames, read_frames, write_video
-from r3covr.qwen3vl import Qwen3VL, answer_token_ids, build_twin, chat_messages, TWIN_VERSION
+from r3covr.qwen3vl import Qwen3VL, build_twin, chat_messages, TWIN_VERSION
 
 @pytest.fixture(scope='module')
 def twin(tmp_path_factory): return build_twin(tmp_path_factory.mktemp('twin')/'qwen3vl')
