@@ -156,7 +156,7 @@ def batches(xs:list, n:int):
     xs = list(xs)
     for i in range(0, len(xs), max(1, n)): yield xs[i:i+max(1, n)]
 
-ANSWER_SPELLINGS = {'yes': ('yes', 'Yes', 'YES', ' yes', ' Yes'), 'no': ('no', 'No', 'NO', ' no', ' No')}
+ANSWER_SPELLINGS = {'yes': ('yes', 'Yes', ' yes', ' Yes'), 'no': ('no', 'No', ' no', ' No')}
 
 def answer_token_ids(tokenizer) -> tuple:
     "Ids of the single-token spellings of 'yes' and of 'no' (two sorted lists); `R3Error` when a word has none."
