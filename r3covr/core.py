@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Iterable
 
 # %% auto #0
-__all__ = ['R3Error', 'DataError', 'VideoError', 'Video', 'Query', 'check_text', 'resolve_inside', 'CoVRDataset', 'atomic_write',
-           'write_json', 'read_json', 'append_jsonl', 'write_jsonl', 'read_jsonl', 'stable_hash', 'cache_dir']
+__all__ = ['R3Error', 'DataError', 'VideoError', 'ConfigError', 'Video', 'Query', 'check_text', 'resolve_inside', 'CoVRDataset',
+           'atomic_write', 'write_json', 'read_json', 'append_jsonl', 'write_jsonl', 'read_jsonl', 'stable_hash',
+           'cache_dir']
 
 # %% ../nbs/00_core.ipynb #c006
 class R3Error(Exception):
@@ -22,6 +23,9 @@ class DataError(R3Error, ValueError):
 
 class VideoError(R3Error):
     "A video file that is missing, empty, truncated or undecodable."
+
+class ConfigError(R3Error, ValueError):
+    "A run setting that does not exist or does not fit the chosen preset."
 
 # %% ../nbs/00_core.ipynb #c009
 @dataclass(frozen=True)
@@ -83,6 +87,10 @@ class CoVRDataset:
         "The first `n` queries (or those with `ids`), same videos and gallery."
         qs = self.queries if ids is None else tuple(q for q in self.queries if q.id in set(map(str, ids)))
         return replace(self, queries=tuple(qs[:n] if n is not None else qs))
+
+    def __repr__(self):
+        return (f'CoVRDataset({self.name!r}: {len(self.queries)} queries, {len(self.videos)} videos, '
+                f'{len(self.gallery)} in the gallery, {len(self.skipped)} skipped)')
 
     def _repr_markdown_(self):
         srcs = sorted({v.source for v in self.videos.values()})

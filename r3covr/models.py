@@ -60,6 +60,10 @@ class Encoder:
     def count_tokens(self, text:str) -> int: raise NotImplementedError   # content tokens, before truncation
     def embed_frames(self, frames:Frames) -> np.ndarray: raise NotImplementedError  # (T, d), normalised
 
+    def embed_frame_sets(self, frames_list:list) -> list:
+        "(T_i, d) unit frame vectors per item of `frames_list` (for query-weighted pooling); backends may batch."
+        return [self.embed_frames(f) for f in frames_list]
+
     def embed_videos(self, videos:list) -> np.ndarray:
         "One vector per `VideoPart`: pooled frames when present, else the caption (caption view)."
         out = [self.embed_texts([v.caption])[0] if v.frames is None else l2norm(self.embed_frames(v.frames).mean(0))

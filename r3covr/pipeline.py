@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 import numpy as np
-from .core import (R3Error, DataError, CoVRDataset, cache_dir, stable_hash, write_json, read_json,
+from .core import (R3Error, DataError, ConfigError, CoVRDataset, cache_dir, stable_hash, write_json, read_json,
                          append_jsonl, read_jsonl, write_jsonl)
 from .models import load_preset, create_encoder, create_vlm, video_part
 from .reason import reason, baseline_text, window, PROMPTS
@@ -43,15 +43,18 @@ def load_dataset(spec:str='synthetic', root:str|None=None, n:int|None=None, seed
 # %% ../nbs/08_pipeline.ipynb #c008
 DEFAULTS = dict(dataset='synthetic', root=None, gallery=None, n=None, seed=0, preset='cpu', strategy='one-pass', template='describe@1', budget=None,
                 k=50, rerank=True, rerank_k=20, weight=0.5, with_reference=False, merged=True, index='flat',
-                baselines=True, batch_size=8)
+                baselines=True, batch_size=8, pooling='mean', pool_temperature=0.05)
 
 def run_config(**kw) -> dict:
     "The full configuration of a run: defaults < the preset's `pipeline` section < `kw`."
     preset = load_preset(kw.get('preset') or DEFAULTS['preset'])
     unknown = set(kw) - set(DEFAULTS) - {'encoder', 'vlm', 'view', 'frames'}
-    if unknown: raise ValueError(f'unknown run settings: {sorted(unknown)}')
+    if unknown: raise ConfigError(f'unknown run settings: {sorted(unknown)}; known: {sorted(DEFAULTS)}')
     cfg = {**DEFAULTS, **preset.get('pipeline', {}), **{k: v for k, v in kw.items() if v is not None}}
     for role in ('encoder', 'vlm', 'view', 'frames'): cfg[role] = kw.get(role) or preset[role]
+    if cfg['pooling'] not in ('mean', 'query'): raise ConfigError(f"pooling={cfg['pooling']!r}: choose mean or query")
+    if cfg['pooling'] == 'query' and cfg['view'] != 'frames':
+        raise ConfigError(f"pooling=query weighs a video's frames, but preset {cfg['preset']!r} shows videos by caption")
     return cfg
 
 # %% ../nbs/08_pipeline.ipynb #c012
@@ -60,7 +63,8 @@ def stage_keys(cfg:dict, ds:CoVRDataset) -> dict:
     data = [ds.name, [q.id for q in ds.queries], cfg['seed'], cfg['gallery']]
     r = stable_hash([data, cfg['vlm'], cfg['view'], cfg['frames'], cfg['strategy'], cfg['budget'],
                      cfg['encoder'], PROMPTS[cfg['template']], PROMPTS['describe-from-trace@1']])
-    s = stable_hash([r, cfg['k'], cfg['merged'], cfg['index'], len(ds.gallery)])
+    pool = [cfg['pooling'], cfg['pool_temperature']] if cfg['pooling'] != 'mean' else []   # mean: keys of older runs hold
+    s = stable_hash([r, cfg['k'], cfg['merged'], cfg['index'], len(ds.gallery)] + pool)
     j = stable_hash([s, cfg['rerank_k'], cfg['with_reference'], JUDGE_VERSION])
     return dict(reason=r, retrieve=s, judge=j)
 
@@ -124,13 +128,15 @@ def describe(self:Run) -> dict:
 # %% ../nbs/08_pipeline.ipynb #c023
 @patch
 def gallery(self:Run) -> tuple:
-    "(ids, embeddings) of the gallery videos that could be embedded; failures go to errors.jsonl."
+    "(ids, embeddings -- per frame with `pooling=query` --) of the gallery videos that could be embedded; failures go to errors.jsonl."
     if getattr(self, '_gallery', None) is None:
         e = self.cfg['encoder']
         name = f"{e['backend']}-{Path(str(e['model'])).name}-{stable_hash(e, 6)}"
-        key = gallery_key(name, self.cfg['view'], self.cfg['frames'], self.ds.gallery)
+        per_frame = self.cfg['pooling'] == 'query'
+        key = gallery_key(name, self.cfg['view'], {**self.cfg['frames'], **({'per_frame': True} if per_frame else {})}, self.ds.gallery)
         vids = [self.ds.videos[g] for g in self.ds.gallery]
-        ids, emb, errs = embed_gallery(vids, self.encoder, self.cfg['view'], self.cfg['frames'], cache_dir('gallery', key))
+        ids, emb, errs = embed_gallery(vids, self.encoder, self.cfg['view'], self.cfg['frames'], cache_dir('gallery', key),
+                                       per_frame=per_frame)
         known = {r['id'] for r in read_jsonl(self.errors) if r.get('stage') == 'gallery'}
         append_jsonl(self.errors, *[dict(id=i, stage='gallery', error=e) for i, e in errs if i not in known])
         self._gallery = ids, emb
@@ -146,7 +152,8 @@ def search(self:Run, texts:dict) -> tuple:
     if not self.cfg['merged']:
         groups = {}
         for g in ids: groups.setdefault(self.ds.videos[g].source, set()).add(g)
-    sls, S = retrieve([texts[q.id] for q in qs], qs, self.encoder, ids, emb, self.cfg['k'], self.cfg['index'], groups)
+    sls, S = retrieve([texts[q.id] for q in qs], qs, self.encoder, ids, emb, self.cfg['k'], self.cfg['index'], groups,
+                      self.cfg['pool_temperature'])
     pos = set(ids)
     rows = [i for i, q in enumerate(qs) if q.target in pos]
     ranks = ranks_by_id(S[rows], ids, [qs[i] for i in rows])

@@ -11,21 +11,35 @@ from .core import R3Error, CoVRDataset, atomic_write, read_json, write_json, sta
 from .models import Encoder, video_part, l2norm
 
 # %% auto #0
-__all__ = ['embed_gallery', 'gallery_key', 'build_index', 'Shortlist', 'search', 'full_scores', 'retrieve']
+__all__ = ['pad_frames', 'embed_gallery', 'gallery_key', 'build_index', 'Shortlist', 'search', 'full_scores', 'retrieve',
+           'query_pooled_scores', 'top_k']
 
 # %% ../nbs/05_retrieve.ipynb #c006
-def _embed_chunk(videos:list, encoder:Encoder, view:str, frames:dict) -> tuple:
-    "Embeddings of the videos that load, and (id, error) for those that do not."
+def pad_frames(sets:list) -> np.ndarray:
+    "(n, T, d): per-video (T_i, d) frame vectors stacked, zero-padded to the longest (a zero row is padding)."
+    if not len(sets): return np.zeros((0, 0, 0), np.float32)
+    out = np.zeros((len(sets), max(len(s) for s in sets), sets[0].shape[-1]), np.float32)
+    for i, s in enumerate(sets): out[i, :len(s)] = s
+    return out
+
+def _embed_chunk(videos:list, encoder:Encoder, view:str, frames:dict, per_frame:bool=False) -> tuple:
+    "Embeddings of the videos that load (one vector each, or padded frame vectors), and (id, error) for those that do not."
     parts, errors = [], []
     for v in videos:
         try: parts.append(video_part(v, view, **frames))
         except R3Error as e: errors.append((v.id, str(e)))
-    emb = encoder.embed_videos(parts) if parts else np.zeros((0, 0), np.float32)
+    if not parts: return [], np.zeros((0, 0), np.float32), errors
+    if per_frame:
+        if any(p.frames is None for p in parts):
+            raise R3Error(f'per-frame gallery vectors need frames; the {view!r} view shows videos by caption')
+        emb = pad_frames(encoder.embed_frame_sets([p.frames for p in parts]))
+    else: emb = encoder.embed_videos(parts)
     return [p.video_id for p in parts], emb, errors
 
 def embed_gallery(videos:list, encoder:Encoder, view:str='frames', frames:dict|None=None,
-                  cache:Path|None=None, chunk:int=256, progress=None) -> tuple:
-    "(ids, (n, d) embeddings, errors) for `videos`, cached chunk by chunk under `cache` when given."
+                  cache:Path|None=None, chunk:int=256, progress=None,
+                  per_frame:bool=False) -> tuple: # keep every frame's vector: (n, T, d), for query-weighted pooling
+    "(ids, (n, d) embeddings -- or (n, T, d) with `per_frame` --, errors) for `videos`, cached chunk by chunk under `cache`."
     frames = frames or {}
     ids, embs, errors = [], [], []
     for s in range(0, len(videos), chunk):
@@ -33,16 +47,18 @@ def embed_gallery(videos:list, encoder:Encoder, view:str='frames', frames:dict|N
         if f and f.exists():
             z = np.load(f, allow_pickle=False); i, e, err = list(z['ids']), z['emb'], [tuple(x) for x in z['errors']]
         else:
-            i, e, err = _embed_chunk(videos[s:s+chunk], encoder, view, frames)
+            i, e, err = _embed_chunk(videos[s:s+chunk], encoder, view, frames, per_frame)
             if f: _save_npz(f, ids=np.array(i, dtype=str), emb=e, errors=np.array(err, dtype=str).reshape(-1, 2))
         ids += i; errors += err
         if len(e): embs.append(e)
         if progress: progress(min(s+chunk, len(videos)))
-    return ids, (np.concatenate(embs) if embs else np.zeros((0, 0), np.float32)), errors
+    if not embs: return ids, np.zeros((0, 0, 0) if per_frame else (0, 0), np.float32), errors
+    return ids, (pad_frames([v for e in embs for v in e]) if per_frame else np.concatenate(embs)), errors
 
 def _save_npz(path:Path, **arrays):
     import io
     buf = io.BytesIO(); np.savez(buf, **arrays); atomic_write(path, buf.getvalue())
+
 
 # %% ../nbs/05_retrieve.ipynb #c008
 def gallery_key(encoder:str, view:str, frames:dict, ids:list) -> str:
@@ -50,13 +66,16 @@ def gallery_key(encoder:str, view:str, frames:dict, ids:list) -> str:
     return f'{encoder.replace("/", "_")}-{view}-{stable_hash([frames, sorted(ids)])}'
 
 # %% ../nbs/05_retrieve.ipynb #c015
-def build_index(emb:np.ndarray, kind:str='flat', hnsw_m:int=32):
+def build_index(emb:np.ndarray, kind:str='flat',
+                hnsw_m:int=32,        # HNSW: graph neighbours per node
+                ef_search:int=128):   # HNSW: candidates kept while searching (raised to k+1 at search time)
     "A faiss inner-product index over `emb`: exact (`flat`) or approximate (`hnsw`)."
     import faiss
     emb = np.ascontiguousarray(emb, dtype=np.float32)
     if kind == 'flat': index = faiss.IndexFlatIP(emb.shape[1])
     elif kind == 'hnsw': index = faiss.IndexHNSWFlat(emb.shape[1], hnsw_m, faiss.METRIC_INNER_PRODUCT)
     else: raise ValueError(f'unknown index kind {kind!r}: flat or hnsw')
+    if kind == 'hnsw': index.hnsw.efSearch = ef_search
     index.add(emb)
     return index
 
@@ -72,6 +91,7 @@ class Shortlist:
 
 def search(index, gallery_ids:list, qvecs:np.ndarray, query_ids:list, references:list, k:int=50) -> list:
     "One `Shortlist` of `k` per query vector, each query's reference removed."
+    if hasattr(index, 'hnsw'): index.hnsw.efSearch = max(index.hnsw.efSearch, k + 1)   # fewer cannot fill k
     D, I = index.search(np.ascontiguousarray(qvecs, dtype=np.float32), min(k + 1, len(gallery_ids)))
     out = []
     for qid, ref, d, i in zip(query_ids, references, D, I):
@@ -80,29 +100,63 @@ def search(index, gallery_ids:list, qvecs:np.ndarray, query_ids:list, references
     return out
 
 # %% ../nbs/05_retrieve.ipynb #c021
-def full_scores(qvecs:np.ndarray, emb:np.ndarray, gallery_ids:list, references:list, chunk:int=1024) -> np.ndarray:
-    "(n_queries, n_gallery) similarities, each query's reference set to -inf."
+def full_scores(qvecs:np.ndarray, emb:np.ndarray, gallery_ids:list, references:list, chunk:int=1024,
+                temperature:float=0.05) -> np.ndarray: # softmax temperature of query-weighted pooling (3-d `emb`)
+    "(n_queries, n_gallery) similarities, each query's reference set to -inf; (n, T, d) `emb` is pooled per query."
     pos = {g: j for j, g in enumerate(gallery_ids)}
-    S = np.concatenate([qvecs[s:s+chunk] @ emb.T for s in range(0, len(qvecs), chunk)]) if len(qvecs) else np.zeros((0, len(gallery_ids)))
+    if emb.ndim == 3: S = query_pooled_scores(qvecs, emb, temperature)
+    else: S = np.concatenate([qvecs[s:s+chunk] @ emb.T for s in range(0, len(qvecs), chunk)]) if len(qvecs) else np.zeros((0, len(gallery_ids)))
     rows = [i for i, r in enumerate(references) if r in pos]
     S[rows, [pos[references[i]] for i in rows]] = -np.inf
     return S
 
+
 # %% ../nbs/05_retrieve.ipynb #c024
 def retrieve(texts:list, queries:list, encoder:Encoder, gallery_ids:list, emb:np.ndarray, k:int=50,
-             index_kind:str='flat', groups:dict|None=None) -> tuple:
-    "(shortlists, full score matrix) of query `texts` against the embedded gallery."
+             index_kind:str='flat', groups:dict|None=None, temperature:float=0.05) -> tuple:
+    "(shortlists, full score matrix) of query `texts` against the embedded gallery ((n, d), or (n, T, d) per frame)."
     qv = encoder.embed_texts(texts)
-    refs = [q.reference for q in queries]
-    S = full_scores(qv, emb, gallery_ids, refs)
-    if groups is None: return search(build_index(emb, index_kind), gallery_ids, qv, [q.id for q in queries], refs, k), S
+    refs, qids = [q.reference for q in queries], [q.id for q in queries]
+    S = full_scores(qv, emb, gallery_ids, refs, temperature=temperature)
+    for g, members in (groups or {}).items():
+        rows = [i for i, q in enumerate(queries) if q.source == g]
+        S[np.ix_(rows, [j for j, v in enumerate(gallery_ids) if v not in members])] = -np.inf
+    if emb.ndim == 3: return top_k(S, gallery_ids, qids, k), S     # the pool depends on the query: no index
+    if groups is None: return search(build_index(emb, index_kind), gallery_ids, qv, qids, refs, k), S
     out = [None] * len(queries)
     for g, members in groups.items():
         rows = [i for i, q in enumerate(queries) if q.source == g]
         cols = [j for j, v in enumerate(gallery_ids) if v in members]
-        outside = np.ones(len(gallery_ids), bool); outside[cols] = False
-        S[np.ix_(rows, np.flatnonzero(outside))] = -np.inf
         sub = search(build_index(emb[cols], index_kind), [gallery_ids[j] for j in cols], qv[rows],
-                     [queries[i].id for i in rows], [refs[i] for i in rows], k)
+                     [qids[i] for i in rows], [refs[i] for i in rows], k)
         for i, s in zip(rows, sub): out[i] = s
     return out, S
+
+
+# %% ../nbs/05_retrieve.ipynb #e7597cd2
+def query_pooled_scores(qvecs:np.ndarray, frames:np.ndarray, temperature:float=0.05, chunk:int=64) -> np.ndarray:
+    "(n_queries, n_videos) cosine of each query with each video's query-weighted frame pool; zero frame rows are padding."
+    F = np.asarray(frames, np.float32)
+    real = np.abs(F).sum(-1) > 0                                   # (n, T)
+    F = np.where(real[..., None], l2norm(np.where(real[..., None], F, 1)), 0).astype(np.float32)
+    K = np.einsum('ntd,nsd->nts', F, F)                            # per-video Gram matrices
+    q = l2norm(np.asarray(qvecs, np.float32)).reshape(len(qvecs), -1)
+    n, T, d = F.shape
+    out = []
+    for s in range(0, len(q), chunk):
+        c = (q[s:s+chunk] @ F.reshape(n * T, d).T).reshape(-1, n, T)   # cosines with every frame
+        z = np.where(real, c / temperature, -np.inf)
+        w = np.exp(z - z.max(-1, keepdims=True)); w /= w.sum(-1, keepdims=True)
+        norm = np.sqrt(np.maximum(np.einsum('qnt,nts,qns->qn', w, K, w), 1e-12))
+        out.append((w * c).sum(-1) / norm)
+    return np.concatenate(out) if out else np.zeros((0, n), np.float32)
+
+def top_k(S:np.ndarray, gallery_ids:list, query_ids:list, k:int=50) -> list:
+    "One `Shortlist` of the `k` best finite scores per row of `S`: exact search over a score matrix."
+    k = min(k, S.shape[1]); out = []
+    top = np.argpartition(-S, k - 1, axis=1)[:, :k] if k else np.zeros((len(S), 0), int)
+    for qid, row, idx in zip(query_ids, S, top):
+        idx = idx[np.argsort(-row[idx], kind='stable')]
+        keep = [(gallery_ids[j], float(row[j])) for j in idx if np.isfinite(row[j])]
+        out.append(Shortlist(qid, tuple(x for x, _ in keep), tuple(s for _, s in keep)))
+    return out

@@ -211,6 +211,12 @@ def embed_frames(self:OpenClipEncoder, frames:Frames) -> np.ndarray:
     "(T, d) unit vectors, one per frame."
     return self._embed_arrays([frames])
 
+@patch
+def embed_frame_sets(self:OpenClipEncoder, frames_list:list) -> list:
+    "(T_i, d) unit frame vectors per item, all frames of all items batched together."
+    f = self._embed_arrays(frames_list)
+    return np.split(f, np.cumsum([len(getattr(x, 'array', x)) for x in frames_list])[:-1])
+
 # %% ../nbs/03b_siglip.ipynb #c046
 def pool_frames(frame_embs:np.ndarray,           # (T, d) frame vectors of one video, or (N, T, d) of N videos
                 query:np.ndarray|None=None,      # (d,) or (N, d) text vector; None: mean pooling

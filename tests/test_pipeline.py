@@ -78,3 +78,30 @@ def test_ablate_writes_one_table_and_one_plot(cache, tmp_path):
                                                           ('blend weight', 0), ('blend weight', 1), ('length budget', 16), ('length budget', 64)]
     assert rows[4]['R@1'] >= rows[0]['R@1']          # weight 0 keeps the retrieval order (ties counted for the target)
     assert (out/'ablation.png').stat().st_size > 1000 and '| length budget | 16 |' in (out/'ablation.md').read_text()
+
+
+def test_query_pooling_runs_and_tends_to_mean_pooling(full_run, cache, tmp_path):
+    "pooling=query on the frames path; at a huge temperature its weights are uniform, so scores equal mean pooling's."
+    ref, _ = full_run
+    runs = {}
+    for name, temp in (('sharp', '0.05'), ('flat', '1e6')):
+        out = tmp_path/name; out.mkdir()
+        for f in ref.glob('descriptions-*.jsonl'): (out/f.name).write_text(f.read_text())   # same reasoning, read back
+        p = r3covr('run', '--dataset', 'synthetic', *TINY, 'pooling=query', f'pool_temperature={temp}', 'rerank=false',
+                   '--out', str(out), cache=cache)
+        assert p.returncode == 0, p.stderr[-3000:]
+        cfg = json.loads((out/'config.json').read_text())
+        assert cfg['pooling'] == 'query' and cfg['keys']['reason'] == json.loads((ref/'config.json').read_text())['keys']['reason']
+        assert json.loads((out/'metrics.json').read_text())['n_scored'] == 8
+        runs[name] = {r['id']: dict(zip(r['ids'], r['scores']))
+                      for r in map(json.loads, next(out.glob('shortlists-*.jsonl')).read_text().splitlines())}
+    mean = {r['id']: dict(zip(r['ids'], r['scores']))
+            for r in map(json.loads, next(ref.glob('shortlists-*.jsonl')).read_text().splitlines())}
+    pairs = [(mean[q][v], s) for q in mean for v, s in runs['flat'][q].items() if v in mean[q]]
+    assert len(pairs) > 40 and max(abs(a - b) for a, b in pairs) < 1e-4
+    assert runs['sharp'] != runs['flat']
+
+
+def test_query_pooling_refused_in_caption_view(cache, tmp_path):
+    p = r3covr('run', '--preset', 'cpu', '--n', '2', '--set', 'pooling=query', '--out', str(tmp_path/'r'), cache=cache)
+    assert p.returncode == 2 and 'by caption' in p.stderr and 'Traceback' not in p.stderr
