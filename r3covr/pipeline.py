@@ -10,7 +10,7 @@ import numpy as np
 from .core import (R3Error, DataError, ConfigError, CoVRDataset, cache_dir, stable_hash, write_json, read_json,
                          append_jsonl, read_jsonl, write_jsonl)
 from .models import load_preset, create_encoder, create_vlm, video_part
-from .reason import reason, baseline_text, window, PROMPTS
+from .reason import reason, baseline_text, window, PROMPTS, CLEANER
 from .retrieve import embed_gallery, gallery_key, retrieve, Shortlist
 from .rerank import rerank_scores, rerank, JUDGE_VERSION
 from .metrics import evaluate, metrics_table, ranks_by_id
@@ -53,6 +53,9 @@ def run_config(**kw) -> dict:
     cfg = {**DEFAULTS, **preset.get('pipeline', {}), **{k: v for k, v in kw.items() if v is not None}}
     for role in ('encoder', 'vlm', 'view', 'frames'): cfg[role] = kw.get(role) or preset[role]
     if cfg['pooling'] not in ('mean', 'query'): raise ConfigError(f"pooling={cfg['pooling']!r}: choose mean or query")
+    t = cfg['pool_temperature']
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0:
+        raise ConfigError(f'pool_temperature={t!r}: a number > 0 (small: the best frame; large: the mean)')
     if cfg['pooling'] == 'query' and cfg['view'] != 'frames':
         raise ConfigError(f"pooling=query weighs a video's frames, but preset {cfg['preset']!r} shows videos by caption")
     return cfg
@@ -62,7 +65,7 @@ def stage_keys(cfg:dict, ds:CoVRDataset) -> dict:
     "Cache keys of the reason, retrieve and judge stages for `cfg` on `ds`."
     data = [ds.name, [q.id for q in ds.queries], cfg['seed'], cfg['gallery']]
     r = stable_hash([data, cfg['vlm'], cfg['view'], cfg['frames'], cfg['strategy'], cfg['budget'],
-                     cfg['encoder'], PROMPTS[cfg['template']], PROMPTS['describe-from-trace@1']])
+                     cfg['encoder'], PROMPTS[cfg['template']], PROMPTS['describe-from-trace@1'], CLEANER])
     pool = [cfg['pooling'], cfg['pool_temperature']] if cfg['pooling'] != 'mean' else []   # mean: keys of older runs hold
     s = stable_hash([r, cfg['k'], cfg['merged'], cfg['index'], len(ds.gallery)] + pool)
     j = stable_hash([s, cfg['rerank_k'], cfg['with_reference'], JUDGE_VERSION])

@@ -10,8 +10,8 @@ from .core import Query, check_text
 from .models import Chat, VideoPart, Encoder, VLM
 
 # %% auto #0
-__all__ = ['PROMPTS', 'STRATEGIES', 'PromptTemplate', 'word_budget', 'clean_description', 'window', 'fit_to_window', 'reason',
-           'baseline_text']
+__all__ = ['PROMPTS', 'CLEANER', 'STRATEGIES', 'PromptTemplate', 'word_budget', 'template_phrases', 'strip_echo',
+           'clean_description', 'says_nothing', 'window', 'fit_to_window', 'reason', 'baseline_text']
 
 # %% ../nbs/04_reason.ipynb #c006
 @dataclass(frozen=True)
@@ -63,15 +63,41 @@ def word_budget(tokens:int, words_per_token:float=0.7) -> int:
     return max(4, int(tokens * words_per_token))
 
 # %% ../nbs/04_reason.ipynb #c015
-_PREAMBLE = re.compile(r'^\s*(sure[,!.]?\s*)?(here( i|\')s|here are)?[^:\n]{0,40}(caption|description)[^:\n]{0,20}:\s*', re.I)
+CLEANER = 'clean@3'   # part of the reason stage's cache key: a new cleaner recomputes descriptions
 
-def clean_description(text:str) -> str:
-    "A generated caption without preamble, markdown, quotes, line breaks or repeated sentences."
-    t = _PREAMBLE.sub('', text.strip())
+_PREAMBLE = re.compile(r'^\s*(sure[,!.]?\s*)?(here( i|\')s|here are)?[^:\n.!?]{0,40}(caption|description)[^:\n]{0,20}:\s*', re.I)
+_LABEL = re.compile(r'^[A-Z][\w ]{0,30}:$')
+
+def template_phrases(t:PromptTemplate, **slots) -> tuple:
+    "(sentences, labels) of template `t` that a model may echo: `slots` given are filled in, the others split it."
+    text = f'{t.system}\n{t.user}'
+    for k, v in slots.items(): text = text.replace('{' + k + '}', str(v))
+    parts = [p.strip() for p in re.split(r'\{\w+\}|\n|(?<=[.?!])\s+', text)]
+    labels = {l.strip() for p in parts for l in re.findall(r'(?:^|(?<=: ))[^:]*:', p) if _LABEL.match(l.strip())}
+    sentences = {p for p in parts if len(p.split()) >= 3 and p not in labels}
+    return sorted(sentences, key=len, reverse=True), sorted(labels, key=len, reverse=True)
+
+def _words_re(p:str) -> str: return r'\s+'.join(map(re.escape, p.split()))
+
+def strip_echo(text:str, echo:tuple) -> str:
+    "`text` without the template's `echo` = (sentences, labels): sentences anywhere, labels where a line or sentence starts."
+    sentences, labels = echo
+    for p in sentences: text = re.sub(rf'(?<!\w){_words_re(p)}(?!\w)', ' ', text, flags=re.I)
+    for p in labels: text = re.sub(rf'(?:^|(?<=[.!?\n]))[ \t]*{_words_re(p)}', ' ', text, flags=re.I | re.M)
+    return text
+
+def clean_description(text:str, echo:tuple=((), ())) -> str:
+    "A generated caption without preamble, echoed prompt text (`echo`), markdown, quotes, line breaks or repeated sentences."
+    t = strip_echo(_PREAMBLE.sub('', text.strip()), echo)
     t = re.sub(r'[*_#`]+|</?video>', '', t)
-    t = ' '.join(l.strip(' -') for l in t.splitlines() if l.strip())
+    t = ' '.join(' '.join(l.split()).strip(' -') for l in t.splitlines() if l.strip())
     sents = re.split(r'(?<=[.!?])\s+', t.strip().strip('"\'“”').strip())
     return ' '.join(dict.fromkeys(x for x in sents if x))
+
+def says_nothing(text:str) -> bool:
+    "Whether `text` holds no word of two or more letters (nothing a retriever could use)."
+    return not re.search(r'[^\W\d_]{2,}', text)
+
 
 # %% ../nbs/04_reason.ipynb #c018
 def _fit(pieces:list, sep:str, fits) -> str:
@@ -120,12 +146,15 @@ def reason(queries:list, refs:list, vlm:VLM, encoder:Encoder, strategy:str='one-
         tmpl, slots = PROMPTS['describe-from-trace@1'], [dict(trace=t.strip()) for t in traces]
     else: tmpl, slots = PROMPTS[template], [{}] * len(queries)
     raw = vlm.generate([tmpl.chat(r, edit=e, words=words, **s) for r, e, s in zip(refs, edits, slots)], budget + 8)
-    return [_record(q, t, r, tmpl.name, encoder, budget) for q, t, r in zip(queries, traces, raw)]
+    return [_record(q, t, r, template_phrases(tmpl, edit=e, words=words), tmpl.name, encoder, budget)
+            for q, e, t, r in zip(queries, edits, traces, raw)]
 
-def _record(q:Query, trace:str, raw:str, template:str, encoder:Encoder, budget:int) -> dict:
-    text, n = fit_to_window(clean_description(raw), encoder, budget)
+def _record(q:Query, trace:str, raw:str, echo:tuple, template:str, encoder:Encoder, budget:int) -> dict:
+    text = clean_description(raw, echo)
+    fallback = says_nothing(text)           # the model wrote nothing of its own: retrieve with the edit
+    text, n = fit_to_window(q.edit if fallback else text, encoder, budget)
     return dict(id=q.id, description=text, trace=trace.strip(), raw=raw, template=template,
-                tokens_raw=n, tokens=encoder.count_tokens(text), overflow=n > budget)
+                tokens_raw=n, tokens=encoder.count_tokens(text), overflow=n > budget, fallback=fallback)
 
 # %% ../nbs/04_reason.ipynb #c027
 def baseline_text(q:Query, ref_caption:str|None, kind:str) -> str:

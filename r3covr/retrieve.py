@@ -121,9 +121,11 @@ def retrieve(texts:list, queries:list, encoder:Encoder, gallery_ids:list, emb:np
     for g, members in (groups or {}).items():
         rows = [i for i, q in enumerate(queries) if q.source == g]
         S[np.ix_(rows, [j for j, v in enumerate(gallery_ids) if v not in members])] = -np.inf
+    alone = [i for i, q in enumerate(queries) if groups is not None and q.source not in groups]
+    S[alone] = -np.inf                                             # no gallery video of its source: nothing to rank
     if emb.ndim == 3: return top_k(S, gallery_ids, qids, k), S     # the pool depends on the query: no index
     if groups is None: return search(build_index(emb, index_kind), gallery_ids, qv, qids, refs, k), S
-    out = [None] * len(queries)
+    out = [Shortlist(qid, (), ()) for qid in qids]
     for g, members in groups.items():
         rows = [i for i, q in enumerate(queries) if q.source == g]
         cols = [j for j, v in enumerate(gallery_ids) if v in members]
@@ -136,20 +138,24 @@ def retrieve(texts:list, queries:list, encoder:Encoder, gallery_ids:list, emb:np
 # %% ../nbs/05_retrieve.ipynb #e7597cd2
 def query_pooled_scores(qvecs:np.ndarray, frames:np.ndarray, temperature:float=0.05, chunk:int=64) -> np.ndarray:
     "(n_queries, n_videos) cosine of each query with each video's query-weighted frame pool; zero frame rows are padding."
+    if not temperature > 0: raise ValueError(f'temperature must be > 0, got {temperature}')
     F = np.asarray(frames, np.float32)
+    q = l2norm(np.atleast_2d(np.asarray(qvecs, np.float32)))
+    if not len(q) or not len(F): return np.zeros((len(q), len(F)), np.float32)
     real = np.abs(F).sum(-1) > 0                                   # (n, T)
     F = np.where(real[..., None], l2norm(np.where(real[..., None], F, 1)), 0).astype(np.float32)
     K = np.einsum('ntd,nsd->nts', F, F)                            # per-video Gram matrices
-    q = l2norm(np.asarray(qvecs, np.float32)).reshape(len(qvecs), -1)
     n, T, d = F.shape
     out = []
     for s in range(0, len(q), chunk):
         c = (q[s:s+chunk] @ F.reshape(n * T, d).T).reshape(-1, n, T)   # cosines with every frame
         z = np.where(real, c / temperature, -np.inf)
-        w = np.exp(z - z.max(-1, keepdims=True)); w /= w.sum(-1, keepdims=True)
+        w = np.exp(z - np.max(z, -1, keepdims=True, initial=-1e30)); w /= np.maximum(w.sum(-1, keepdims=True), 1e-30)
         norm = np.sqrt(np.maximum(np.einsum('qnt,nts,qns->qn', w, K, w), 1e-12))
         out.append((w * c).sum(-1) / norm)
-    return np.concatenate(out) if out else np.zeros((0, n), np.float32)
+    S = np.concatenate(out)
+    S[:, ~real.any(1)] = -np.inf                                   # a video with no frames matches nothing
+    return S
 
 def top_k(S:np.ndarray, gallery_ids:list, query_ids:list, k:int=50) -> list:
     "One `Shortlist` of the `k` best finite scores per row of `S`: exact search over a score matrix."
