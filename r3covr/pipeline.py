@@ -65,7 +65,8 @@ def stage_keys(cfg:dict, ds:CoVRDataset) -> dict:
     "Cache keys of the reason, retrieve and judge stages for `cfg` on `ds`."
     data = [ds.name, [q.id for q in ds.queries], cfg['seed'], cfg['gallery']]
     r = stable_hash([data, cfg['vlm'], cfg['view'], cfg['frames'], cfg['strategy'], cfg['budget'],
-                     cfg['encoder'], PROMPTS[cfg['template']], PROMPTS['describe-from-trace@1'], CLEANER])
+                     cfg['encoder'], PROMPTS[cfg['template']], PROMPTS['describe-from-trace@1'], CLEANER]
+                    + ([PROMPTS['reason@1']] if cfg['strategy'] == 'reason-then-describe' else []))
     pool = [cfg['pooling'], cfg['pool_temperature']] if cfg['pooling'] != 'mean' else []   # mean: keys of older runs hold
     s = stable_hash([r, cfg['k'], cfg['merged'], cfg['index'], len(ds.gallery)] + pool)
     j = stable_hash([s, cfg['rerank_k'], cfg['with_reference'], JUDGE_VERSION])
