@@ -10,7 +10,7 @@ import numpy as np
 from .core import (R3Error, DataError, ConfigError, CoVRDataset, cache_dir, stable_hash, write_json, read_json,
                          append_jsonl, read_jsonl, write_jsonl)
 from .models import load_preset, create_encoder, create_vlm, video_part
-from .reason import reason, baseline_text, window, PROMPTS, CLEANER
+from .reason import generate_raw, describe_raw, baseline_text, window, PROMPTS, CLEANER
 from .retrieve import embed_gallery, gallery_key, retrieve, Shortlist
 from .rerank import rerank_scores, rerank, JUDGE_VERSION
 from .metrics import evaluate, metrics_table, ranks_by_id
@@ -62,15 +62,16 @@ def run_config(**kw) -> dict:
 
 # %% ../nbs/08_pipeline.ipynb #c012
 def stage_keys(cfg:dict, ds:CoVRDataset) -> dict:
-    "Cache keys of the reason, retrieve and judge stages for `cfg` on `ds`."
+    "Cache keys of the stages for `cfg` on `ds`: raw answers (`generate`), descriptions (`reason`), `retrieve`, `judge`."
     data = [ds.name, [q.id for q in ds.queries], cfg['seed'], cfg['gallery']]
-    r = stable_hash([data, cfg['vlm'], cfg['view'], cfg['frames'], cfg['strategy'], cfg['budget'],
-                     cfg['encoder'], PROMPTS[cfg['template']], PROMPTS['describe-from-trace@1'], CLEANER]
+    g = stable_hash([data, cfg['vlm'], cfg['view'], cfg['frames'], cfg['strategy'], cfg['budget'],
+                     cfg['encoder'], PROMPTS[cfg['template']], PROMPTS['describe-from-trace@1']]
                     + ([PROMPTS['reason@1']] if cfg['strategy'] == 'reason-then-describe' else []))
+    r = stable_hash([g, CLEANER])
     pool = [cfg['pooling'], cfg['pool_temperature']] if cfg['pooling'] != 'mean' else []   # mean: keys of older runs hold
     s = stable_hash([r, cfg['k'], cfg['merged'], cfg['index'], len(ds.gallery)] + pool)
     j = stable_hash([s, cfg['rerank_k'], cfg['with_reference'], JUDGE_VERSION])
-    return dict(reason=r, retrieve=s, judge=j)
+    return dict(generate=g, reason=r, retrieve=s, judge=j)
 
 # %% ../nbs/08_pipeline.ipynb #c015
 def resumable(items:list, path:Path, work, errors:Path, batch_size:int=8, desc:str='', key=lambda x: x.id) -> dict:
@@ -123,11 +124,17 @@ from fastcore.basics import patch
 
 @patch
 def describe(self:Run) -> dict:
-    "Reasoned descriptions by query id (cached under the reason key)."
-    def work(batch): return reason(batch, [self.part(q.reference) for q in batch], self.vlm, self.encoder,
-                                   self.cfg['strategy'], self.cfg['budget'], self.cfg['template'])
-    return resumable(list(self.ds), self.dir/f'descriptions-{self.keys["reason"]}.jsonl', work, self.errors,
+    "Descriptions by query id: raw answers cached under the generate key, cleaned ones under the reason key."
+    def work(batch): return generate_raw(batch, [self.part(q.reference) for q in batch], self.vlm, self.encoder,
+                                         self.cfg['strategy'], self.cfg['budget'], self.cfg['template'])
+    gens = resumable(list(self.ds), self.dir/f'generations-{self.keys["generate"]}.jsonl', work, self.errors,
                      self.cfg['batch_size'], 'reason')
+    path = self.dir/f'descriptions-{self.keys["reason"]}.jsonl'
+    done = {r['id']: r for r in read_jsonl(path)}
+    new = [describe_raw(q, gens[q.id], self.encoder, self.cfg['budget']) for q in self.ds if q.id in gens and q.id not in done]
+    append_jsonl(path, *new)
+    done.update({r['id']: r for r in new})
+    return {q.id: done[q.id] for q in self.ds if q.id in done}
 
 # %% ../nbs/08_pipeline.ipynb #c023
 @patch

@@ -11,7 +11,8 @@ from .models import Chat, VideoPart, Encoder, VLM
 
 # %% auto #0
 __all__ = ['PROMPTS', 'CLEANER', 'STRATEGIES', 'PromptTemplate', 'word_budget', 'template_phrases', 'strip_echo',
-           'clean_description', 'says_nothing', 'window', 'fit_to_window', 'reason', 'baseline_text']
+           'collapse_repeats', 'clean_description', 'says_nothing', 'window', 'fit_to_window', 'generate_raw',
+           'describe_raw', 'reason', 'baseline_text']
 
 # %% ../nbs/04_reason.ipynb #c006
 @dataclass(frozen=True)
@@ -63,10 +64,15 @@ def word_budget(tokens:int, words_per_token:float=0.7) -> int:
     return max(4, int(tokens * words_per_token))
 
 # %% ../nbs/04_reason.ipynb #c015
-CLEANER = 'clean@3'   # part of the reason stage's cache key: a new cleaner recomputes descriptions
+CLEANER = 'clean@4'   # part of the description key: a new cleaner re-cleans the cached raw answers (no new generation)
 
 _PREAMBLE = re.compile(r'^\s*(sure[,!.]?\s*)?(here( i|\')s|here are)?[^:\n.!?]{0,40}(caption|description)[^:\n]{0,20}:\s*', re.I)
 _LABEL = re.compile(r'^[A-Z][\w ]{0,30}:$')
+_CAPTION_LABEL = re.compile(   # "The new caption is:", "Original caption:", "The original caption was" -- anywhere
+    r'\b(?:the\s+)?(?:(?:new|original|old|revised|rewritten|changed|modified|updated|edited|final|target|video)\s+){1,2}'
+    r'(?:caption|description)\b(?:\s+(?:is|was|reads|would be|will be|should be))?(?:\s+\w+){0,2}?\s*:'
+    r'|\b(?:the\s+)?(?:new|original|old|revised|rewritten|changed|modified|updated|edited)\s+(?:video\s+)?'
+    r'(?:caption|description)\s+(?:is|was|reads)\b', re.I)
 
 def template_phrases(t:PromptTemplate, **slots) -> tuple:
     "(sentences, labels) of template `t` that a model may echo: `slots` given are filled in, the others split it."
@@ -86,12 +92,33 @@ def strip_echo(text:str, echo:tuple) -> str:
     for p in labels: text = re.sub(rf'(?:^|(?<=[.!?\n]))[ \t]*{_words_re(p)}', ' ', text, flags=re.I | re.M)
     return text
 
+def _key(w:str) -> str: return re.sub(r'\W+', '', w.lower())
+
+def collapse_repeats(text:str, max_unit:int=16) -> str:
+    "`text` with a phrase that repeats back to back kept once (2+ words repeated, or any phrase 3+ times); a copy cut off at the end is dropped."
+    words = text.split(); keys = [_key(w) for w in words]
+    out, i = [], 0
+    while i < len(words):
+        for p in range(1, min(max_unit, (len(words) - i) // 2) + 1):
+            unit, r = keys[i:i+p], 1
+            if not any(unit): continue
+            while keys[i+r*p:i+(r+1)*p] == unit: r += 1
+            if r >= 3 or (r == 2 and p >= 2):
+                out += words[i:i+p]; i += r * p
+                rest = keys[i:]   # the token limit often cuts the last copy mid-word
+                if rest and len(rest) <= p and rest[:-1] == unit[:len(rest)-1] and unit[len(rest)-1].startswith(rest[-1]):
+                    i = len(words)
+                break
+        else: out.append(words[i]); i += 1
+    return ' '.join(out)
+
 def clean_description(text:str, echo:tuple=((), ())) -> str:
-    "A generated caption without preamble, echoed prompt text (`echo`), markdown, quotes, line breaks or repeated sentences."
+    "A generated caption without preamble, echoed prompt text (`echo`), caption labels, markdown, quotes, line breaks or loops."
     t = strip_echo(_PREAMBLE.sub('', text.strip()), echo)
-    t = re.sub(r'[*_#`]+|</?video>', '', t)
+    t = re.sub(r'[*_#`"“”]+|</?video>', ' ', t)
     t = ' '.join(' '.join(l.split()).strip(' -') for l in t.splitlines() if l.strip())
-    sents = re.split(r'(?<=[.!?])\s+', t.strip().strip('"\'“”').strip())
+    t = collapse_repeats(_CAPTION_LABEL.sub(' ', collapse_repeats(t))).strip(' ,;:-\'')
+    sents = re.split(r'(?<=[.!?])\s+', t)
     return ' '.join(dict.fromkeys(x for x in sents if x))
 
 def says_nothing(text:str) -> bool:
@@ -133,9 +160,9 @@ def fit_to_window(text:str, encoder:Encoder, budget:int|None=None) -> tuple:
 # %% ../nbs/04_reason.ipynb #c025
 STRATEGIES = ('one-pass', 'reason-then-describe')
 
-def reason(queries:list, refs:list, vlm:VLM, encoder:Encoder, strategy:str='one-pass',
-           budget:int|None=None, template:str='describe@1', max_trace_tokens:int=160) -> list:
-    "Description records for `queries`, whose reference videos are the `VideoPart`s `refs`."
+def generate_raw(queries:list, refs:list, vlm:VLM, encoder:Encoder, strategy:str='one-pass',
+                 budget:int|None=None, template:str='describe@1', max_trace_tokens:int=160) -> list:
+    "The VLM's raw answers for `queries` (reference videos: the `VideoPart`s `refs`): the expensive half of the stage."
     if strategy not in STRATEGIES: raise ValueError(f'unknown strategy {strategy!r}; choose from {STRATEGIES}')
     budget = budget or window(encoder)
     words = word_budget(budget)
@@ -146,15 +173,23 @@ def reason(queries:list, refs:list, vlm:VLM, encoder:Encoder, strategy:str='one-
         tmpl, slots = PROMPTS['describe-from-trace@1'], [dict(trace=t.strip()) for t in traces]
     else: tmpl, slots = PROMPTS[template], [{}] * len(queries)
     raw = vlm.generate([tmpl.chat(r, edit=e, words=words, **s) for r, e, s in zip(refs, edits, slots)], budget + 8)
-    return [_record(q, t, r, template_phrases(tmpl, edit=e, words=words), tmpl.name, encoder, budget)
-            for q, e, t, r in zip(queries, edits, traces, raw)]
+    return [dict(id=q.id, trace=t.strip(), raw=r, template=tmpl.name, words=words) for q, t, r in zip(queries, traces, raw)]
 
-def _record(q:Query, trace:str, raw:str, echo:tuple, template:str, encoder:Encoder, budget:int) -> dict:
-    text = clean_description(raw, echo)
+def describe_raw(q:Query, gen:dict, encoder:Encoder, budget:int|None=None) -> dict:
+    "The description record of `q` from its raw answer `gen`: cleaned, the edit if nothing is left, fitted to the window."
+    budget = budget or window(encoder)
+    echo = template_phrases(PROMPTS[gen['template']], edit=check_text(q.edit, f'query {q.id}: edit'), words=gen['words'])
+    text = clean_description(gen['raw'], echo)
     fallback = says_nothing(text)           # the model wrote nothing of its own: retrieve with the edit
     text, n = fit_to_window(q.edit if fallback else text, encoder, budget)
-    return dict(id=q.id, description=text, trace=trace.strip(), raw=raw, template=template,
+    return dict(id=q.id, description=text, trace=gen['trace'], raw=gen['raw'], template=gen['template'],
                 tokens_raw=n, tokens=encoder.count_tokens(text), overflow=n > budget, fallback=fallback)
+
+def reason(queries:list, refs:list, vlm:VLM, encoder:Encoder, strategy:str='one-pass',
+           budget:int|None=None, template:str='describe@1', max_trace_tokens:int=160) -> list:
+    "Description records for `queries`, whose reference videos are the `VideoPart`s `refs`."
+    gens = generate_raw(queries, refs, vlm, encoder, strategy, budget, template, max_trace_tokens)
+    return [describe_raw(q, g, encoder, budget) for q, g in zip(queries, gens)]
 
 # %% ../nbs/04_reason.ipynb #c027
 def baseline_text(q:Query, ref_caption:str|None, kind:str) -> str:

@@ -44,8 +44,10 @@ def embed_gallery(videos:list, encoder:Encoder, view:str='frames', frames:dict|N
     ids, embs, errors = [], [], []
     for s in range(0, len(videos), chunk):
         f = cache/f'chunk-{s:07d}.npz' if cache else None
-        if f and f.exists():
-            z = np.load(f, allow_pickle=False); i, e, err = list(z['ids']), z['emb'], [tuple(x) for x in z['errors']]
+        z = np.load(f, allow_pickle=False) if f and f.exists() else None
+        want = sorted(v.id for v in videos[s:s+chunk])
+        if z is not None and sorted([*z['ids'], *z['errors'][:, 0]]) == want:   # a chunk of other videos is recomputed
+            i, e, err = list(z['ids']), z['emb'], [tuple(x) for x in z['errors']]
         else:
             i, e, err = _embed_chunk(videos[s:s+chunk], encoder, view, frames, per_frame)
             if f: _save_npz(f, ids=np.array(i, dtype=str), emb=e, errors=np.array(err, dtype=str).reshape(-1, 2))

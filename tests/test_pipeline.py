@@ -86,7 +86,8 @@ def test_query_pooling_runs_and_tends_to_mean_pooling(full_run, cache, tmp_path)
     runs = {}
     for name, temp in (('sharp', '0.05'), ('flat', '1e6')):
         out = tmp_path/name; out.mkdir()
-        for f in ref.glob('descriptions-*.jsonl'): (out/f.name).write_text(f.read_text())   # same reasoning, read back
+        for f in [*ref.glob('generations-*.jsonl'), *ref.glob('descriptions-*.jsonl')]:   # same reasoning, read back
+            (out/f.name).write_text(f.read_text())
         p = r3covr('run', '--dataset', 'synthetic', *TINY, 'pooling=query', f'pool_temperature={temp}', 'rerank=false',
                    '--out', str(out), cache=cache)
         assert p.returncode == 0, p.stderr[-3000:]
