@@ -66,13 +66,13 @@ def word_budget(tokens:int, words_per_token:float=0.7) -> int:
 # %% ../nbs/04_reason.ipynb #c015
 CLEANER = 'clean@4'   # part of the description key: a new cleaner re-cleans the cached raw answers (no new generation)
 
-_PREAMBLE = re.compile(r'^\s*(sure[,!.]?\s*)?(here( i|\')s|here are)?[^:\n.!?]{0,40}(caption|description)[^:\n]{0,20}:\s*', re.I)
+_PREAMBLE = re.compile(r'^\s*(sure[,!.]?\s*)?(here( i|\')s|here are)?[^:\n.!?]{0,40}(caption|description)[^:\n]{0,20}:(?!\S)\s*', re.I)
 _LABEL = re.compile(r'^[A-Z][\w ]{0,30}:$')
 _CAPTION_LABEL = re.compile(   # "The new caption is:", "Original caption:", "The original caption was" -- anywhere
-    r'\b(?:the\s+)?(?:(?:new|original|old|revised|rewritten|changed|modified|updated|edited|final|target|video)\s+){1,2}'
-    r'(?:caption|description)\b(?:\s+(?:is|was|reads|would be|will be|should be))?(?:\s+\w+){0,2}?\s*:'
+    r"\b(?:here(?:'s|\s+is)\s+)?(?:the\s+)?(?:(?:new|original|old|revised|rewritten|changed|modified|updated|edited|final|target|video)\s+){1,2}"
+    r'(?:caption|description)\b(?:\s+(?:is|was|reads|would be|will be|should be))?(?:\s+\w+){0,2}?\s*:(?!\S)'
     r'|\b(?:the\s+)?(?:new|original|old|revised|rewritten|changed|modified|updated|edited)\s+(?:video\s+)?'
-    r'(?:caption|description)\s+(?:is|was|reads)\b', re.I)
+    r'(?:caption|description)\s+(?:is|was)\b', re.I)
 
 def template_phrases(t:PromptTemplate, **slots) -> tuple:
     "(sentences, labels) of template `t` that a model may echo: `slots` given are filled in, the others split it."
@@ -92,21 +92,24 @@ def strip_echo(text:str, echo:tuple) -> str:
     for p in labels: text = re.sub(rf'(?:^|(?<=[.!?\n]))[ \t]*{_words_re(p)}', ' ', text, flags=re.I | re.M)
     return text
 
-def _key(w:str) -> str: return re.sub(r'\W+', '', w.lower())
+def _key(w:str) -> str:
+    "A word as loops compare it: lower case without punctuation, but a sentence end kept; a word of symbols as it is."
+    k = re.sub(r'\W+', '', w.lower())
+    return (k + '.' if re.search(r'[.!?]$', w) else k) if k else w
 
 def collapse_repeats(text:str, max_unit:int=16) -> str:
-    "`text` with a phrase that repeats back to back kept once (2+ words repeated, or any phrase 3+ times); a copy cut off at the end is dropped."
+    "`text` with a phrase that loops kept once: 3+ copies back to back (2+ for a phrase of 3+ words); a copy the token limit cut off at the end goes too."
     words = text.split(); keys = [_key(w) for w in words]
     out, i = [], 0
     while i < len(words):
         for p in range(1, min(max_unit, (len(words) - i) // 2) + 1):
             unit, r = keys[i:i+p], 1
-            if not any(unit): continue
+            if not any(re.search(r'\w', k) for k in unit): continue
             while keys[i+r*p:i+(r+1)*p] == unit: r += 1
-            if r >= 3 or (r == 2 and p >= 2):
+            if r >= 3 or (r == 2 and p >= 3):
                 out += words[i:i+p]; i += r * p
-                rest = keys[i:]   # the token limit often cuts the last copy mid-word
-                if rest and len(rest) <= p and rest[:-1] == unit[:len(rest)-1] and unit[len(rest)-1].startswith(rest[-1]):
+                n = len(words) - i   # what is left may be the last copy, cut mid-word
+                if 0 < n <= p and keys[i:-1] == unit[:n-1] and re.search(r'\w', keys[-1]) and unit[n-1].startswith(keys[-1]):
                     i = len(words)
                 break
         else: out.append(words[i]); i += 1
@@ -115,9 +118,10 @@ def collapse_repeats(text:str, max_unit:int=16) -> str:
 def clean_description(text:str, echo:tuple=((), ())) -> str:
     "A generated caption without preamble, echoed prompt text (`echo`), caption labels, markdown, quotes, line breaks or loops."
     t = strip_echo(_PREAMBLE.sub('', text.strip()), echo)
-    t = re.sub(r'[*_#`"“”]+|</?video>', ' ', t)
+    t = re.sub(r'[*_#`"“”]+|</?[a-z]*>?', ' ', t)        # markdown, quotes, <video> markers (also cut short: "<vid")
     t = ' '.join(' '.join(l.split()).strip(' -') for l in t.splitlines() if l.strip())
-    t = collapse_repeats(_CAPTION_LABEL.sub(' ', collapse_repeats(t))).strip(' ,;:-\'')
+    t = collapse_repeats(_CAPTION_LABEL.sub(' ', collapse_repeats(t)))
+    t = re.sub(r'\s+([.,;:!?])', r'\1', t).strip(' ,;:-\'')
     sents = re.split(r'(?<=[.!?])\s+', t)
     return ' '.join(dict.fromkeys(x for x in sents if x))
 

@@ -44,10 +44,9 @@ def embed_gallery(videos:list, encoder:Encoder, view:str='frames', frames:dict|N
     ids, embs, errors = [], [], []
     for s in range(0, len(videos), chunk):
         f = cache/f'chunk-{s:07d}.npz' if cache else None
-        z = np.load(f, allow_pickle=False) if f and f.exists() else None
-        want = sorted(v.id for v in videos[s:s+chunk])
-        if z is not None and sorted([*z['ids'], *z['errors'][:, 0]]) == want:   # a chunk of other videos is recomputed
-            i, e, err = list(z['ids']), z['emb'], [tuple(x) for x in z['errors']]
+        cached = _read_chunk(f) if f and f.exists() else None
+        if cached and sorted([*cached[0], *(x[0] for x in cached[2])]) == sorted(v.id for v in videos[s:s+chunk]):
+            i, e, err = cached          # a chunk file of other videos (another chunk size or order) is recomputed
         else:
             i, e, err = _embed_chunk(videos[s:s+chunk], encoder, view, frames, per_frame)
             if f: _save_npz(f, ids=np.array(i, dtype=str), emb=e, errors=np.array(err, dtype=str).reshape(-1, 2))
@@ -56,6 +55,11 @@ def embed_gallery(videos:list, encoder:Encoder, view:str='frames', frames:dict|N
         if progress: progress(min(s+chunk, len(videos)))
     if not embs: return ids, np.zeros((0, 0, 0) if per_frame else (0, 0), np.float32), errors
     return ids, (pad_frames([v for e in embs for v in e]) if per_frame else np.concatenate(embs)), errors
+
+def _read_chunk(f:Path) -> tuple:
+    "(ids, embeddings, [(id, error)]) of a cached chunk file."
+    with np.load(f, allow_pickle=False) as z:
+        return list(z['ids']), z['emb'], [tuple(x) for x in z['errors'].reshape(-1, 2)]
 
 def _save_npz(path:Path, **arrays):
     import io
