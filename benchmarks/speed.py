@@ -8,6 +8,7 @@ the same run, on the same inputs, and says how far their outputs agree.
 Rows:
   judge scoring   SmolLM2 P(yes) on rerank prompts: one prompt per forward pass vs batches (left padding)
   description     SmolLM2 greedy generation of target descriptions: one by one vs batched
+  new cleaner     descriptions after a cleaner change: generate again and clean vs re-clean the stored raw answers
   model load      SmolLM2 from its GGUF: dequantise every tensor vs the package's safetensors copy
   gallery         MiniLM caption-view gallery embeddings: computed vs read back from the .npz cache
   search          top-50 inner-product search: numpy matmul + argpartition vs faiss flat (exact) vs faiss HNSW
@@ -48,8 +49,8 @@ def judge_prompts(ds, n:int) -> list:
     return out
 
 def bench_vlm(ds, n_judge:int, n_gen:int, batch:int) -> list:
-    from r3covr.models import create_vlm, video_part
-    from r3covr.reason import PROMPTS
+    from r3covr.models import create_vlm, create_encoder, video_part
+    from r3covr.reason import PROMPTS, generate_raw, describe_raw
     vlm = create_vlm('cpu')
     prompts = judge_prompts(ds, n_judge)
     vlm.batch_size = 1; t1, p1 = best_of(lambda: vlm.score(prompts))
@@ -63,6 +64,14 @@ def bench_vlm(ds, n_judge:int, n_gen:int, batch:int) -> list:
     same = sum(a == b for a, b in zip(g1, gb))
     rows.append(row(f'description ({len(chats)} x 48 tokens)', 'one by one', f'batches of {batch}', t1, tb,
                     f'{same}/{len(chats)} texts identical'))
+    qs, enc = ds.queries[:n_gen], create_encoder('cpu')
+    refs = [video_part(ds.videos[q.reference], 'caption') for q in qs]
+    gens = generate_raw(qs, refs, vlm, enc, template='rewrite-caption@1')     # what a run folder keeps
+    clean = lambda gs: [describe_raw(q, g, enc)['description'] for q, g in zip(qs, gs)]
+    tr, d1 = best_of(lambda: clean(generate_raw(qs, refs, vlm, enc, template='rewrite-caption@1')))
+    tc, d2 = best_of(lambda: clean(gens), 3)
+    rows.append(row(f'new cleaner ({len(qs)} descriptions)', 'regenerate with the VLM', 're-clean stored answers', tr, tc,
+                    f'{sum(a == b for a, b in zip(d1, d2))}/{len(qs)} descriptions identical'))
     return rows
 
 def bench_load() -> list:
