@@ -124,17 +124,15 @@ def retrieve(texts:list, queries:list, encoder:Encoder, gallery_ids:list, emb:np
     qv = encoder.embed_texts(texts)
     refs, qids = [q.reference for q in queries], [q.id for q in queries]
     S = full_scores(qv, emb, gallery_ids, refs, temperature=temperature)
-    for g, members in (groups or {}).items():
-        rows = [i for i, q in enumerate(queries) if q.source == g]
-        S[np.ix_(rows, [j for j, v in enumerate(gallery_ids) if v not in members])] = -np.inf
+    parts = {g: ([i for i, q in enumerate(queries) if q.source == g], [j for j, v in enumerate(gallery_ids) if v in members])
+             for g, members in (groups or {}).items()}                # per source: its query rows, its gallery columns
+    for rows, cols in parts.values(): S[np.ix_(rows, np.setdiff1d(np.arange(len(gallery_ids)), cols))] = -np.inf
     alone = [i for i, q in enumerate(queries) if groups is not None and q.source not in groups]
     S[alone] = -np.inf                                             # no gallery video of its source: nothing to rank
     if emb.ndim == 3: return top_k(S, gallery_ids, qids, k), S     # the pool depends on the query: no index
     if groups is None: return search(build_index(emb, index_kind), gallery_ids, qv, qids, refs, k), S
     out = [Shortlist(qid, (), ()) for qid in qids]
-    for g, members in groups.items():
-        rows = [i for i, q in enumerate(queries) if q.source == g]
-        cols = [j for j, v in enumerate(gallery_ids) if v in members]
+    for rows, cols in parts.values():
         sub = search(build_index(emb[cols], index_kind), [gallery_ids[j] for j in cols], qv[rows],
                      [qids[i] for i in rows], [refs[i] for i in rows], k)
         for i, s in zip(rows, sub): out[i] = s

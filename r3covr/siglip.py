@@ -215,7 +215,7 @@ def embed_frames(self:OpenClipEncoder, frames:Frames) -> np.ndarray:
 def embed_frame_sets(self:OpenClipEncoder, frames_list:list) -> list:
     "(T_i, d) unit frame vectors per item, all frames of all items batched together."
     f = self._embed_arrays(frames_list)
-    return np.split(f, np.cumsum([len(getattr(x, 'array', x)) for x in frames_list])[:-1])
+    return np.split(f, np.cumsum([len(x) for x in frames_list])[:-1])
 
 # %% ../nbs/03b_siglip.ipynb #c046
 def pool_frames(frame_embs:np.ndarray,           # (T, d) frame vectors of one video, or (N, T, d) of N videos
@@ -236,7 +236,6 @@ def embed_videos(self:OpenClipEncoder, videos:list) -> np.ndarray:
     fi = [i for i, v in enumerate(videos) if v.frames is not None]
     ci = [i for i, v in enumerate(videos) if v.frames is None]
     if fi:
-        f = self._embed_arrays([videos[i].frames for i in fi])
-        out[fi] = [pool_frames(x) for x in np.split(f, np.cumsum([len(videos[i].frames) for i in fi])[:-1])]
+        out[fi] = [pool_frames(x) for x in self.embed_frame_sets([videos[i].frames for i in fi])]
     if ci: out[ci] = self.embed_texts([videos[i].caption for i in ci])
     return out
