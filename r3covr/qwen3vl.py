@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from fastcore.basics import patch
 from .core import R3Error, atomic_write
-from .models import VLM, Chat, VideoPart, locate_weights, batches, answer_token_ids
+from .models import VLM, Chat, VideoPart, resolve_weights, batches, answer_token_ids
 from .video import Frames
 
 # %% auto #0
@@ -145,7 +145,8 @@ class Qwen3VL(VLM):
     def __init__(self, model:str='Qwen/Qwen3-VL-8B-Instruct', # hub id, local folder, or `local-dir:PATH`
                  batch_size:int=4, # prompts per forward pass
                  device:str|None=None, dtype:str|None=None, attn_implementation:str|None=None):
-        path = locate_weights(model)   # fails at once, naming the model, when the weights are not here
+        self.weights = resolve_weights(model)   # fails at once, naming the model, when the weights are not here
+        path = self.weights.locator
         from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
         self.name, self.batch_size = model, batch_size
         self.device, self.dtype, attn = _device_dtype(device, dtype)

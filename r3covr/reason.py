@@ -12,7 +12,7 @@ from .models import Chat, VideoPart, Encoder, VLM
 # %% auto #0
 __all__ = ['PROMPTS', 'CLEANER', 'STRATEGIES', 'PromptTemplate', 'word_budget', 'template_phrases', 'strip_echo',
            'collapse_repeats', 'clean_description', 'says_nothing', 'window', 'fit_to_window', 'generate_raw',
-           'describe_raw', 'reason', 'baseline_text']
+           'describe_raw', 'describe', 'baseline_text']
 
 # %% ../nbs/04_reason.ipynb #c006
 @dataclass(frozen=True)
@@ -129,7 +129,6 @@ def says_nothing(text:str) -> bool:
     "Whether `text` holds no word of two or more letters (nothing a retriever could use)."
     return not re.search(r'[^\W\d_]{2,}', text)
 
-
 # %% ../nbs/04_reason.ipynb #c018
 def _fit(pieces:list, sep:str, fits) -> str:
     "Longest prefix of `pieces` joined by `sep` that `fits`."
@@ -187,9 +186,9 @@ def describe_raw(q:Query, gen:dict, encoder:Encoder, budget:int|None=None) -> di
     fallback = says_nothing(text)           # the model wrote nothing of its own: retrieve with the edit
     text, n = fit_to_window(q.edit if fallback else text, encoder, budget)
     return dict(id=q.id, description=text, trace=gen['trace'], raw=gen['raw'], template=gen['template'],
-                tokens_raw=n, tokens=encoder.count_tokens(text), overflow=n > budget, fallback=fallback)
+                tokens_raw=n, tokens=encoder.count_tokens(text), budget=budget, overflow=n > budget, fallback=fallback)
 
-def reason(queries:list, refs:list, vlm:VLM, encoder:Encoder, strategy:str='one-pass',
+def describe(queries:list, refs:list, vlm:VLM, encoder:Encoder, strategy:str='one-pass',
            budget:int|None=None, template:str='describe@1', max_trace_tokens:int=160) -> list:
     "Description records for `queries`, whose reference videos are the `VideoPart`s `refs`."
     gens = generate_raw(queries, refs, vlm, encoder, strategy, budget, template, max_trace_tokens)

@@ -10,7 +10,7 @@ from .models import Chat, VideoPart, VLM
 from .retrieve import Shortlist
 
 # %% auto #0
-__all__ = ['JUDGE_VERSION', 'JUDGE_SYSTEM', 'judge_prompt', 'minmax', 'blend', 'rerank_scores', 'rerank']
+__all__ = ['JUDGE_VERSION', 'JUDGE_SYSTEM', 'judge_prompt', 'minmax', 'blend', 'judge', 'reorder', 'reranked_rank']
 
 # %% ../nbs/06_rerank.ipynb #c006
 JUDGE_VERSION = 'judge@2'   # bump when the wording below changes: cached judge scores are keyed by it
@@ -36,7 +36,7 @@ def blend(retrieval:np.ndarray, judge:np.ndarray, weight:float=0.5) -> np.ndarra
     return weight * minmax(judge) + (1 - weight) * minmax(retrieval)
 
 # %% ../nbs/06_rerank.ipynb #c014
-def rerank_scores(queries:list, descriptions:list, shortlists:list, part, vlm:VLM, k:int|None=None,
+def judge(queries:list, descriptions:list, shortlists:list, part, vlm:VLM, k:int|None=None,
                   with_reference:bool=False) -> list:
     "P(yes) for the top-`k` candidates of each shortlist; `part(video_id)` gives a `VideoPart`."
     prompts, sizes = [], []
@@ -47,11 +47,16 @@ def rerank_scores(queries:list, descriptions:list, shortlists:list, part, vlm:VL
     scores = vlm.score(prompts) if prompts else np.zeros(0)
     return [a.tolist() for a in np.split(np.asarray(scores), np.cumsum(sizes)[:-1])]
 
-def rerank(shortlist:Shortlist, judge:list, weight:float=0.5) -> Shortlist:
-    "The shortlist reordered by the blend of judge and retrieval scores (candidates beyond `len(judge)` keep their order below)."
-    k = len(judge)
+def reorder(shortlist:Shortlist, p_yes:list, weight:float=0.5) -> Shortlist:
+    "The shortlist reordered by the blend of judge and retrieval scores (candidates beyond `len(p_yes)` keep their order below)."
+    k = len(p_yes)
     if k == 0: return shortlist
-    final = blend(np.array(shortlist.scores[:k]), np.array(judge), weight)
+    final = blend(np.array(shortlist.scores[:k]), np.array(p_yes), weight)
     order = np.argsort(-final, kind='stable')
     ids = tuple(shortlist.ids[i] for i in order) + shortlist.ids[k:]
     return Shortlist(shortlist.query_id, ids, tuple(float(final[i]) for i in order) + tuple(shortlist.scores[k:]))
+
+def reranked_rank(reranked:Shortlist, n_judged:int, target:str, retrieval_rank:int) -> int:
+    "The target's 0-based rank after reranking: its new place among the `n_judged` top candidates, else its retrieval rank."
+    top = reranked.ids[:n_judged]
+    return top.index(target) if target in top else retrieval_rank

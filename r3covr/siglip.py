@@ -10,7 +10,7 @@ import numpy as np
 from fastcore.basics import patch
 from .core import R3Error, DataError, VideoError, write_json, read_json
 from .video import Frames
-from .models import Encoder, l2norm, locate_weights
+from .models import Encoder, Weights, l2norm, resolve_weights
 
 # %% auto #0
 __all__ = ['DEFAULT_MODEL', 'TWIN', 'open_clip_name', 'build_twin', 'OpenClipEncoder', 'pool_frames']
@@ -18,20 +18,12 @@ __all__ = ['DEFAULT_MODEL', 'TWIN', 'open_clip_name', 'build_twin', 'OpenClipEnc
 # %% ../nbs/03b_siglip.ipynb #c006
 DEFAULT_MODEL = 'hf-hub:timm/ViT-SO400M-16-SigLIP2-384'
 
-def _is_path(m:str) -> bool: return m.startswith(('/', './', '../', '~')) or Path(m).is_dir()
-
-def open_clip_name(model:str) -> str:
-    "`model` (folder, `local-dir:PATH`, hub id or `hf-hub:ID`) as an open_clip name whose files exist, else `R3Error`."
-    m = str(model)
-    if m.startswith('local-dir:') or _is_path(m):
-        p = Path(m.removeprefix('local-dir:')).expanduser()
-        if not (p/'open_clip_config.json').is_file():
-            raise R3Error(f'encoder {model!r}: {p} is not an open_clip model folder (no open_clip_config.json)')
-        return f'local-dir:{p.resolve()}'
-    hub = m.removeprefix('hf-hub:')
-    if '/' not in hub: raise R3Error(f'encoder {model!r}: name a hub id (e.g. timm/{hub}) or a local folder')
-    locate_weights(hub, files=('open_clip_config.json',))   # R3Error naming the model when neither cached nor reachable
-    return f'hf-hub:{hub}'
+def open_clip_name(w:Weights) -> str:
+    "What open_clip should load for resolved weights `w`: `local-dir:` a model folder, or `hf-hub:` a hub id."
+    if w.source in ('hf-cache', 'hub'): return f'hf-hub:{w.fingerprint["repo"]}'
+    if not (Path(w.locator)/'open_clip_config.json').is_file():
+        raise R3Error(f'encoder {w.name!r}: {w.locator} is not an open_clip model folder (no open_clip_config.json)')
+    return f'local-dir:{w.locator}'
 
 # %% ../nbs/03b_siglip.ipynb #c009
 TWIN = dict(version=1, seed=0, vocab_size=16384, n_words=50000, width=96, heads=3, text_layers=2,
@@ -119,12 +111,12 @@ class OpenClipEncoder(Encoder):
                  batch_size:int=32,             # frames or texts per forward pass
                  context_length:int|None=None): # if given, must equal the model's own window
         import torch, open_clip
-        self.name, self.batch_size = str(model), batch_size
+        self.name, self.batch_size, self.weights = str(model), batch_size, resolve_weights(model)
         self.device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
         gpu = self.device.startswith('cuda')
         self.precision = precision or (('bf16' if torch.cuda.is_bf16_supported() else 'fp16') if gpu else 'fp32')
         self._dtype = getattr(torch, _DTYPES.get(self.precision, 'float32'))
-        spec = open_clip_name(model)
+        spec = open_clip_name(self.weights)
         try:
             self.model, _, self.preprocess = open_clip.create_model_and_transforms(spec, device=self.device, precision=self.precision)
             self.tokenizer = open_clip.get_tokenizer(spec)

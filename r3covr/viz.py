@@ -8,14 +8,16 @@ import base64, html, io, sys, textwrap, unicodedata
 from functools import cached_property, lru_cache
 from pathlib import Path
 import numpy as np
-from .core import R3Error, DataError, CoVRDataset, read_json, read_jsonl
-from .metrics import recall_at_k
-from .pipeline import load_dataset, reranked_rank, ROW_NAMES
+from .core import R3Error, DataError, CoVRDataset
+from .metrics import recall_at_k, as_ranks
+from .runfolder import RunFolder
+from .settings import dataset_of
+from .pipeline import ROW_NAMES, common_queries
 
 # %% auto #0
-__all__ = ['RunFiles', 'folder_ranks', 'load_run', 'final_ranks', 'video_strip', 'shortlist_rows', 'plot_query', 'plot_lengths',
-           'plot_rank_shift', 'plot_recall_curves', 'run_ranks', 'example_queries', 'save_run_figures', 'query_html',
-           'Explorer', 'explore', 'plot_ablation']
+__all__ = ['RunView', 'load_run', 'final_ranks', 'video_strip', 'shortlist_rows', 'plot_query', 'plot_lengths', 'plot_rank_shift',
+           'plot_recall_curves', 'run_ranks', 'example_queries', 'save_run_figures', 'query_html', 'Explorer',
+           'explore', 'plot_ablation']
 
 # %% ../nbs/09_viz.ipynb #c008
 def _figure(w:float, h:float):
@@ -31,38 +33,24 @@ def _save(fig, path, dpi:int=90) -> Path:
     return Path(path)
 
 # %% ../nbs/09_viz.ipynb #c011
-def _by_id(path) -> dict:
-    "Records of a JSONL file by their `id` (empty when the file does not exist)."
-    return {r['id']: r for r in read_jsonl(path)}
-
-class RunFiles:
-    "A run folder read back from disk: config, metrics and each stage's records by query id; no model is loaded."
-    def __init__(self, folder, ds:CoVRDataset|None=None, ranks:dict|None=None):
-        self.dir = Path(folder)
-        if not (self.dir/'config.json').is_file(): raise DataError(f'{self.dir}: not a run folder (no config.json)')
-        self.cfg = read_json(self.dir/'config.json')
-        self.metrics = read_json(self.dir/'metrics.json') if (self.dir/'metrics.json').is_file() else {}
-        k = self.cfg.get('keys', {})
-        self.desc = _by_id(self.dir/f'descriptions-{k.get("reason")}.jsonl')
-        self.sls = _by_id(self.dir/f'shortlists-{k.get("retrieve")}.jsonl')
-        self.judged = _by_id(self.dir/f'judge-{k.get("judge")}.jsonl')
-        self.rankings = _by_id(self.dir/'rankings.jsonl')
-        self.errors = read_jsonl(self.dir/'errors.jsonl')
-        self._ds, self._ranks = ds, ranks
+class RunView:
+    "A run read back through its `RunFolder`: config, metrics, each stage's records by query id, ranks by row; no model loaded."
+    def __init__(self, folder):
+        self.folder = RunFolder(folder); self.dir = self.folder.dir
+        self.cfg = self.folder.config(); k = self.cfg['keys']
+        self.metrics = self.folder.read('metrics', default={})
+        self.desc = self.folder.records('descriptions', k['reason'])
+        self.sls = self.folder.records('shortlists', k['retrieve'])
+        self.judged = self.folder.records('judge', k['judge'])
+        self.rankings = self.folder.records('rankings')
+        self.errors = self.folder.errors()
+        self.ranks = {row: v for row, v in (self.folder.read('ranks') or {}).items() if v}
 
     @cached_property
     def ds(self) -> CoVRDataset:
-        "The run's dataset, rebuilt from its config on first use (or the one a live `Run` handed over)."
-        if self._ds is not None: return self._ds
-        c = self.cfg
-        try: return load_dataset(c['dataset'], c.get('root'), c.get('n'), c.get('seed', 0))
-        except R3Error as e: raise DataError(f'{self.dir}: cannot rebuild its dataset {c["dataset"]!r}: {e}') from None
-
-    @cached_property
-    def ranks(self) -> dict:
-        "Target ranks by row key and query id: a live run's rows, else those the folder holds; empty rows dropped."
-        rows = self._ranks if self._ranks is not None else folder_ranks(self)
-        return {k: v for k, v in rows.items() if v}
+        "The run's dataset, rebuilt from its config on first use."
+        try: return dataset_of(self.cfg)
+        except R3Error as e: raise DataError(f'{self.dir}: cannot rebuild its dataset {self.cfg["dataset"]!r}: {e}') from None
 
     def query(self, qid:str):
         "The dataset's query `qid`, or a `DataError` naming it."
@@ -70,24 +58,13 @@ class RunFiles:
         if q is None: raise DataError(f'query {qid!r} is not in run {self.dir}')
         return q
 
-    def __repr__(self): return f'RunFiles({str(self.dir)!r}: {len(self.desc)} descriptions, {len(self.rankings)} rankings)'
+    def __repr__(self): return f'RunView({str(self.dir)!r}: {len(self.desc)} descriptions, {len(self.rankings)} rankings)'
 
-# %% ../nbs/09_viz.ipynb #c013
-def folder_ranks(r:RunFiles) -> dict:
-    "Target ranks by row ('R3 retrieve', 'R3 rerank') and query id, from a run folder's shortlists, judge and rankings."
-    ret = {i: s['target_rank'] for i, s in r.sls.items() if s.get('target_rank') is not None}
-    out = {'R3 retrieve': ret} if ret else {}
-    if r.judged and ret:
-        t = {q.id: q.target for q in r.ds}
-        out['R3 rerank'] = {i: reranked_rank(tuple(r.rankings[i]['ids'][:len(r.judged[i]['ids'])]), t[i], k)
-                            for i, k in ret.items() if i in r.judged and i in r.rankings}
-    return out
-
-def load_run(run) -> RunFiles:
-    "A `RunFiles` for a run folder, a finished `Run` (keeping its dataset and every rank row) or a `RunFiles`."
-    if isinstance(run, RunFiles): return run
-    if hasattr(run, 'dir') and hasattr(run, 'ds'): return RunFiles(run.dir, run.ds, getattr(run, 'ranks', None))
-    return RunFiles(run)
+def load_run(run) -> RunView:
+    "A `RunView` of a run folder (a path, a `RunFolder`, the dict `run` returned, or a `RunView`)."
+    if isinstance(run, RunView): return run
+    if isinstance(run, dict): run = run['folder']
+    return RunView(getattr(run, 'dir', run))
 
 def final_ranks(run) -> dict:
     "Target ranks after the last stage the run did (reranking, else retrieval)."
@@ -134,7 +111,8 @@ def shortlist_rows(run, qid:str, n:int=5, order:str='after', with_target:bool=Tr
     sl, rk, jd = r.sls.get(qid, {}), r.rankings.get(qid) or r.sls.get(qid, {}), r.judged.get(qid, {})
     before, after = list(sl.get('ids', [])), list(rk.get('ids', []))
     score, final = dict(zip(before, sl.get('scores', []))), dict(zip(after, rk.get('scores', [])))
-    p_yes = dict(zip(jd.get('ids', []), jd.get('p_yes', [])))
+    n_judged = r.cfg['rerank_k'] if r.cfg.get('rerank') else 0
+    p_yes = dict(zip(jd.get('ids', [])[:n_judged], jd.get('p_yes', [])[:n_judged]))
     ids = (after if order == 'after' else before)[:n]
     if with_target and tgt is not None and tgt not in ids: ids.append(tgt)
     rank = lambda row: r.ranks.get(row, r.ranks.get('R3 retrieve', {})).get(qid)
@@ -188,7 +166,7 @@ def plot_lengths(run, bins:int=20):
     r = load_run(run)
     if not r.desc: raise DataError(f'{r.dir}: no descriptions to plot')
     raw, fit = (np.array([d[k] for d in r.desc.values()]) for k in ('tokens_raw', 'tokens'))
-    budget = r.metrics.get('length', {}).get('budget') or r.cfg.get('budget') or r.cfg['encoder'].get('context_length')
+    budget = r.metrics.get('length', {}).get('budget') or r.cfg.get('budget')
     share = np.mean([d['overflow'] for d in r.desc.values()])
     fig = _figure(5, 2.8); ax = fig.add_subplot()
     edges = np.linspace(0, max(raw.max(), fit.max(), budget or 0) + 1, bins + 1)
@@ -220,15 +198,11 @@ def plot_rank_shift(run, before:str='R3 retrieve', after:str='R3 rerank'):
     return fig
 
 # %% ../nbs/09_viz.ipynb #c039
-def _rank_array(ranks) -> np.ndarray:
-    "Ranks as a float array (a dict's values, or any sequence)."
-    return np.array(list(ranks.values()) if isinstance(ranks, dict) else ranks, float)
-
 def plot_recall_curves(ranks:dict, ks=range(1, 51), title:str=''):
     "Recall@K against K for each configuration in `ranks` ({name: ranks by query id, or an array of 0-based ranks})."
     ks = np.asarray(list(ks))
     fig = _figure(4.6, 3); ax = fig.add_subplot()
-    for name, rk in ranks.items(): ax.plot(ks, recall_at_k(_rank_array(rk), ks), label=name, lw=1.5)
+    for name, rk in ranks.items(): ax.plot(ks, recall_at_k(as_ranks(rk), ks), label=name, lw=1.5)
     ax.set(xscale='log', xlabel='K', ylabel='Recall@K (%)', ylim=(0, 101))
     ticks = [k for k in (1, 5, 10, 50) if ks.min() <= k <= ks.max()]
     ax.set_xticks(ticks, [str(k) for k in ticks]); ax.set_xticks([], minor=True); ax.grid(alpha=.3)
@@ -237,9 +211,8 @@ def plot_recall_curves(ranks:dict, ks=range(1, 51), title:str=''):
 
 def run_ranks(run) -> dict:
     "A run's ranks by table row name, on the queries every row scored (as in `metrics.json`)."
-    r = load_run(run)
-    common = set.intersection(*[set(v) for v in r.ranks.values()]) if r.ranks else set()
-    return {ROW_NAMES.get(k, k): {i: v[i] for i in sorted(common)} for k, v in r.ranks.items()}
+    r = load_run(run); common = common_queries(r.ranks)
+    return {ROW_NAMES.get(k, k): {i: v[i] for i in common} for k, v in r.ranks.items()}
 
 # %% ../nbs/09_viz.ipynb #c043
 def example_queries(run) -> dict:
@@ -249,14 +222,14 @@ def example_queries(run) -> dict:
     return out or {'first': i for i in list(r.rankings)[:1]}
 
 # %% ../nbs/09_viz.ipynb #c044
-def save_run_figures(folder, dpi:int=90) -> list:
-    "Write lengths.png, rank_shift.png, recall.png and query-<id>.png into `folder`/figures (or a `Run`'s); their paths."
-    r = load_run(folder); out = r.dir/'figures'; paths = []
-    if r.desc: paths.append(_save(plot_lengths(r), out/'lengths.png', dpi))
-    if {'R3 retrieve', 'R3 rerank'} <= set(r.ranks): paths.append(_save(plot_rank_shift(r), out/'rank_shift.png', dpi))
-    if r.ranks: paths.append(_save(plot_recall_curves(run_ranks(r)), out/'recall.png', dpi))
+def save_run_figures(run, dpi:int=90) -> list:
+    "Write the lengths, rank-shift, recall and example-query figures of a run into its folder; their paths."
+    r = load_run(run); f, paths = r.folder, []
+    if r.desc: paths.append(_save(plot_lengths(r), f.figure('lengths'), dpi))
+    if {'R3 retrieve', 'R3 rerank'} <= set(r.ranks): paths.append(_save(plot_rank_shift(r), f.figure('rank_shift'), dpi))
+    if r.ranks: paths.append(_save(plot_recall_curves(run_ranks(r)), f.figure('recall'), dpi))
     for qid in dict.fromkeys(example_queries(r).values()):
-        paths.append(_save(plot_query(r, qid, n_candidates=4, n_frames=4), out/f'query-{qid}.png', dpi))
+        paths.append(_save(plot_query(r, qid, n_candidates=4, n_frames=4), f.figure('query', qid), dpi))
     return paths
 
 # %% ../nbs/09_viz.ipynb #c047
@@ -276,7 +249,7 @@ def _video_html(video, n:int=3, size:int=32) -> str:
     return (f'<img src="{uri}" style="height:{size}px">' if uri else '') + (f'<br><small>{cap}</small>' if cap else '')
 
 # %% ../nbs/09_viz.ipynb #c048
-def _list_html(r:RunFiles, qid:str, order:str, n:int, frames:int, size:int) -> str:
+def _list_html(r:RunView, qid:str, order:str, n:int, frames:int, size:int) -> str:
     "One shortlist of `qid` ('before' or 'after' reranking) as an HTML table; the target's row green."
     head = ('retrieval order', 'score') if order == 'before' else ('after reranking', 'P(yes), final')
     rows = []
@@ -288,7 +261,7 @@ def _list_html(r:RunFiles, qid:str, order:str, n:int, frames:int, size:int) -> s
                     f'<br><code>{html.escape(x["id"])}</code></td><td>{sc}</td></tr>')
     return f'<table><tr><th>{head[0]}</th><th></th><th>{head[1]}</th></tr>{"".join(rows)}</table>'
 
-def _landed(r:RunFiles, qid:str) -> str:
+def _landed(r:RunView, qid:str) -> str:
     "Where the target of `qid` landed, in words (positions 1-based)."
     q = r.query(qid)
     if q.target is None: return 'unlabelled query (no target)'
@@ -316,7 +289,7 @@ def _live() -> bool:
     except ImportError: return False
     return getattr(get_ipython(), 'kernel', None) is not None
 
-def _label(r:RunFiles, qid:str) -> str:
+def _label(r:RunView, qid:str) -> str:
     "A query's dropdown label: its id and its target's position before and after reranking."
     b, a = r.ranks.get('R3 retrieve', {}).get(qid), final_ranks(r).get(qid)
     return qid if a is None else f'{qid}  {_pos(b)} -> {_pos(a)}{"" if a == 0 else "  (miss)"}'
@@ -369,7 +342,7 @@ def _repr_mimebundle_(self:Explorer, include=None, exclude=None):
     return out
 
 def explore(run, failures_only:bool=False, static:bool|None=None, **kw) -> Explorer:
-    "A query explorer for a run (`Run`, folder or `RunFiles`); static HTML when no live kernel can show widgets."
+    "A query explorer for a run (its folder, `run`'s result or a `RunView`); static HTML when no live kernel can show widgets."
     return Explorer(run, failures_only, static, **kw)
 
 # %% ../nbs/09_viz.ipynb #c060
