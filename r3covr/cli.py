@@ -16,7 +16,8 @@ __all__ = ['run_settings', 'cmd_run', 'cmd_demo', 'cmd_eval', 'cmd_submit', 'cmd
 # %% ../nbs/10_cli.ipynb #c006
 def run_settings(args) -> dict:
     "Run settings from parsed arguments: the dataset options, then the `--set` overrides."
-    kw = dict(dataset=args.dataset, root=args.root, gallery=getattr(args, 'gallery', None), n=args.n, preset=args.preset)
+    kw = dict(dataset=args.dataset, root=args.root, gallery=getattr(args, 'gallery', None), n=args.n, preset=args.preset,
+              strict=True if getattr(args, 'strict', False) else None)
     return {**{k: v for k, v in kw.items() if v is not None}, **parse_sets(args.set)}
 
 def _run_dir(args, name=None) -> Path:
@@ -32,7 +33,8 @@ def cmd_run(args):
     res = run(_run_dir(args), **run_settings(args))
     save_run_figures(res)
     print(res['table']); print(f"\nrun folder: {res['folder']}  ({res['n_scored']} of {res['n_queries']} queries scored, "
-                               f"{res['n_errors']} errors; seconds: {res['seconds']})")
+                               f"{res['n_skipped_at_load']} rows skipped at load, {res['n_errors']} errors, {res['n_cut']} texts cut; "
+                               f"seconds: {res['seconds']}; details in errors.jsonl)")
     return res
 
 def cmd_demo(args):
@@ -105,6 +107,7 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument('--preset', default=preset, help=f'one of {list_presets()} or a preset .json')
         s.add_argument('--out', help='run folder (default runs/<dataset>-<preset>)')
         s.add_argument('--set', nargs='*', default=[], metavar='KEY=VALUE', help=f'override run settings ({keys}; section.field)')
+        s.add_argument('--strict', action='store_true', help='stop with an error when any dataset row is skipped at load')
     for name, fn, doc in [('run', cmd_run, 'run the three stages on a dataset'), ('demo', cmd_demo, 'the main job: synthetic data, cpu preset')]:
         s = sub.add_parser(name, help=doc); data_args(s); s.set_defaults(fn=fn)
     s = sub.add_parser('ablate', help='sweep rerank depth, blend weight and length budget'); data_args(s)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_data.ipynb #c003
 from __future__ import annotations
-import csv, json, warnings
+import csv, json, re, warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from .core import CoVRDataset, DataError, Query, Video, check_text, read_json, resolve_inside, write_json
@@ -69,19 +69,33 @@ def warn_conflicts(conflicts:list, path):
         warnings.warn(f'{path}: {len(conflicts)} video(s) have two different captions, the first was kept: {conflicts[:3]}')
 
 # %% ../nbs/02_data.ipynb #c023
+def _bad_utf8_line(path) -> int:
+    "The 1-based number of the first line of `path` that is not UTF-8."
+    for i, line in enumerate(Path(path).read_bytes().split(b'\n'), 1):
+        try: line.decode('utf-8')
+        except UnicodeDecodeError: return i
+    return 0
+
 def csv_rows(path, required:tuple):
     "Yield `(index, line, row)` of CSV `path`, after checking its header has the `required` columns."
     path = Path(path)
     if not path.is_file(): raise DataError(f'{path}: annotation file not found')
     with open(path, newline='', encoding='utf-8') as f:
-        reader = csv.DictReader(f)
+        reader = csv.DictReader(f, strict=True)
         try:
             missing = [c for c in required if c not in (reader.fieldnames or [])]
             if missing: raise DataError(f'{path}: missing required column(s) {missing} (header: {reader.fieldnames})')
+            last = reader.line_num
             for i, row in enumerate(reader):
                 if None in row: raise DataError(f'{path}: row {i} (line {reader.line_num}) has more fields than the header')
+                if reader.line_num > last + 1 and any('\n' in (v or '') for v in row.values()):
+                    raise DataError(f'{path}: row {i} runs from line {last + 1} to line {reader.line_num}: an unclosed quote?')
+                last = reader.line_num
                 yield i, reader.line_num, row
-        except csv.Error as e: raise DataError(f'{path}: unreadable CSV near line {reader.line_num} ({e})') from None
+        except csv.Error as e:
+            why = 'an unclosed quote runs to the end of the file' if 'end of data' in str(e) else str(e)
+            raise DataError(f'{path}: unreadable CSV after line {reader.line_num}: {why}') from None
+        except UnicodeDecodeError: raise DataError(f'{path}: not UTF-8 text at line {_bad_utf8_line(path)}') from None
 
 # %% ../nbs/02_data.ipynb #c026
 WEBVID_COLUMNS = ('pth1', 'pth2', 'txt1', 'txt2', 'edit')
@@ -168,8 +182,8 @@ def challenge_query(source:str, rec:dict, root=None, what:str='') -> tuple:
     "A challenge query record as `(Query, [reference Video])`, id `source/id`, the record kept in `meta`."
     rec = check_record(rec, CHALLENGE_KEYS, what)
     oid = rec['id']
-    if isinstance(oid, bool) or not isinstance(oid, (str, int)) or not str(oid).strip():
-        raise DataError(f'{what}: bad query id {oid!r}')
+    if isinstance(oid, bool) or not isinstance(oid, (str, int)) or not re.fullmatch(r'[\w.-]{1,128}', str(oid)) or set(str(oid)) == {'.'}:
+        raise DataError(f'{what}: bad query id {oid!r} (letters, digits, ".", "_" and "-" only)')
     ref = video_id(rec['video_source'], f'{what} video_source')
     edit = check_text(rec['modification_text'], f'{what} modification_text')
     tgt = rec.get('video_target')
@@ -181,15 +195,17 @@ def challenge_query(source:str, rec:dict, root=None, what:str='') -> tuple:
 # %% ../nbs/02_data.ipynb #c056
 SOURCE_OF_EXT = {v: k for k, v in EXTS.items()}
 
-def gallery_from_folder(root, exts=('.mp4', '.webm'), source:str|None=None) -> dict:
-    "`{id: Video}` for every video file under `root`; the source is `source`, else told by the extension."
+def gallery_from_folder(root, exts=('.mp4', '.webm'), source:str|None=None, skipped:list|None=None) -> dict:
+    "`{id: Video}` for every video file under `root` (source: `source`, else the extension); files that leave `root` through a link go to `skipped`."
     root = Path(root)
     if not root.is_dir(): raise DataError(f'{root}: gallery folder not found')
     vids = {}
     for p in sorted(f for f in root.rglob('*') if f.suffix in exts and f.is_file()):
         vid = p.relative_to(root).with_suffix('').as_posix()
         if vid in vids: raise DataError(f'{root}: two gallery files for video id {vid!r} ({vids[vid].path.name}, {p.name})')
-        vids[vid] = Video(vid, resolve_inside(root, vid, p.suffix), None, source or SOURCE_OF_EXT.get(p.suffix, ''))
+        r = keep_going(lambda: resolve_inside(root, vid, p.suffix), f'gallery {vid}', skipped if skipped is not None else [],
+                       'raise' if skipped is None else 'skip')
+        if r is not None: vids[vid] = Video(vid, r, None, source or SOURCE_OF_EXT.get(p.suffix, ''))
     return vids
 
 # %% ../nbs/02_data.ipynb #c058
@@ -207,7 +223,8 @@ def load_challenge(json_path, root=None, gallery_root=None, on_error:str='raise'
     gal = dict.fromkeys(videos)
     if gallery_root is not None:
         roots = gallery_root if isinstance(gallery_root, dict) else {None: gallery_root}
-        gal = {k: v for s, r in roots.items() for k, v in gallery_from_folder(r, source=s).items()}
+        gal = {k: v for s, r in roots.items()
+               for k, v in gallery_from_folder(r, source=s, skipped=skipped if on_error == 'skip' else None).items()}
         videos = {**videos, **gal}
     return CoVRDataset(f'challenge:{Path(json_path).stem}', tuple(queries), videos, tuple(gal),
                        None if root is None or isinstance(root, dict) else Path(root), tuple(skipped))

@@ -254,7 +254,13 @@ from .core import Video, DataError
 from .video import read_frames
 
 @lru_cache(maxsize=256)
-def _frames(path:str, n:int, size) -> Frames: return read_frames(path, n=n, size=size)
+def _frames(path:str, n:int, size, stamp) -> Frames: return read_frames(path, n=n, size=size)   # `stamp`: the file's size and mtime
+
+def _stamp(path) -> tuple:
+    "A file's size and modification time (None when it cannot be read): a changed file is decoded again."
+    try: st = os.stat(path)
+    except OSError: return None
+    return st.st_size, st.st_mtime_ns
 
 def video_part(video:Video, view:str='frames', n:int=8, size:int|None=None) -> VideoPart:
     "`video` as a prompt part: sampled frames (`view='frames'`) or its caption (`view='caption'`)."
@@ -262,7 +268,7 @@ def video_part(video:Video, view:str='frames', n:int=8, size:int|None=None) -> V
         if not video.caption: raise DataError(f'video {video.id!r} has no caption (caption view)')
         return VideoPart(caption=video.caption, video_id=video.id)
     if video.path is None: raise DataError(f'video {video.id!r} has no file path (frames view needs the video files)')
-    return VideoPart(frames=_frames(str(video.path), n, size), video_id=video.id)
+    return VideoPart(frames=_frames(str(video.path), n, size, _stamp(video.path)), video_id=video.id)
 
 # %% ../nbs/03_models.ipynb #c027
 def batches(xs:list, n:int):

@@ -20,7 +20,7 @@ from .core import cache_dir
 
 # %% auto #0
 __all__ = ['ROW_NAMES', 'ABLATION_COLS', 'stage_keys', 'part', 'reason', 'embed', 'search_texts', 'Retrieved', 'baseline_texts',
-           'retrieve', 'rerank', 'common_queries', 'evaluate', 'run', 'ablation_table', 'ablate']
+           'retrieve', 'rerank', 'common_queries', 'evaluate', 'cap_texts', 'run', 'ablation_table', 'ablate']
 
 # %% ../nbs/08_pipeline.ipynb #c012
 def _section(s:dict) -> dict: return {k: v for k, v in s.items() if k != 'batch_size'}   # batching changes no answer
@@ -93,6 +93,8 @@ def baseline_texts(ds:CoVRDataset) -> dict:
 def retrieve(cfg:dict, ds:CoVRDataset, models:Models, folder:RunFolder, descriptions:dict) -> Retrieved:
     "Stage 2: shortlists of the descriptions (saved in `folder`), and the target ranks of every retrieval row."
     gallery = embed(cfg, ds, models, folder)
+    folder.record_errors('retrieve', [(q.id, f'target {q.target!r} is not in the gallery: the query cannot be scored')
+                                      for q in ds if q.target is not None and q.target not in gallery.pos])
     ranks = {row: search_texts(cfg, ds, models, gallery, texts)[1] for row, texts in baseline_texts(ds).items()} if cfg['baselines'] else {}
     sls, ranks['R3 retrieve'] = search_texts(cfg, ds, models, gallery, {i: r['description'] for i, r in descriptions.items()})
     folder.write('shortlists', [{**s.as_dict(), 'target_rank': ranks['R3 retrieve'].get(i)} for i, s in sls.items()],
@@ -138,7 +140,10 @@ def evaluate(cfg:dict, ds:CoVRDataset, folder:RunFolder, ranks:dict, description
     common = common_queries(ranks)
     rows = {ROW_NAMES.get(k, k): rank_metrics([r[i] for i in common]) for k, r in ranks.items() if r}
     final = 'R3 rerank' if cfg['rerank'] and 'R3 rerank' in ranks else 'R3 retrieve'
-    out = dict(n_queries=len(ds), n_scored=len(common), n_errors=len(folder.errors()), final=ROW_NAMES[final],
+    errors = folder.errors()
+    out = dict(n_queries=len(ds), n_scored=len(common), n_skipped_at_load=len(ds.skipped),
+               n_errors=sum(e['stage'] not in ('load', 'cut') for e in errors), n_cut=sum(e['stage'] == 'cut' for e in errors),
+               final=ROW_NAMES[final],
                metrics=rows, seconds={k: round(v, 2) for k, v in (seconds or {}).items()},
                length=_lengths(descriptions or {}), keys=(folder.read('config') or {}).get('keys'))
     folder.write('ranks', ranks)
@@ -146,6 +151,23 @@ def evaluate(cfg:dict, ds:CoVRDataset, folder:RunFolder, ranks:dict, description
     table = metrics_table(rows)
     folder.write('table', f'{ds.name}, preset {cfg["preset"]}: {len(common)} of {len(ds)} queries scored\n\n{table}\n')
     return {**out, 'table': table}
+
+# %% ../nbs/08_pipeline.ipynb #9c1e0a02
+from dataclasses import replace
+from .reason import fit_to_window
+
+def cap_texts(ds:CoVRDataset, encoder, limit:int) -> tuple:
+    "(`ds` with edits and captions over `limit` encoder tokens cut, [(item, message)] of each cut)."
+    cuts, qs, vids = [], [], dict(ds.videos)
+    for q in ds:
+        edit, n = fit_to_window(q.edit, encoder, limit)
+        if n > limit: cuts.append((q.id, f'edit cut from {n} to {encoder.count_tokens(edit)} tokens'))
+        qs.append(replace(q, edit=edit) if edit != q.edit else q)
+    for vid, v in ds.videos.items():
+        if v.caption and len(v.caption) > limit // 4:       # no shorter caption has `limit` tokens (<= 4 a character)
+            cap, n = fit_to_window(v.caption, encoder, limit)
+            if n > limit: vids[vid] = replace(v, caption=cap); cuts.append((vid, f'caption cut from {n} to {encoder.count_tokens(cap)} tokens'))
+    return (replace(ds, queries=tuple(qs), videos=vids) if cuts else ds), cuts
 
 # %% ../nbs/08_pipeline.ipynb #c039
 def run(folder, ds:CoVRDataset|None=None, models:Models|None=None, **settings) -> dict:
@@ -155,6 +177,9 @@ def run(folder, ds:CoVRDataset|None=None, models:Models|None=None, **settings) -
     models, folder = models or Models(cfg), RunFolder(folder)
     with folder.locked():
         folder.reset_errors(keep=not cfg['retry_failed'])
+        folder.record_errors('load', [(s['item'], s['reason']) for s in ds.skipped])
+        ds, cuts = cap_texts(ds, models.encoder, cfg['max_text_tokens'])
+        folder.record_errors('cut', cuts)
         folder.start({**cfg, 'keys': stage_keys(cfg, ds, models), 'weights': {r: models.weights(r) for r in ('encoder', 'vlm')},
                       'dataset_size': len(ds)})
         t, times = time.time(), {}

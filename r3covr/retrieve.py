@@ -175,21 +175,29 @@ def search(index, gallery_ids:list, qvecs:np.ndarray, query_ids:list, references
     return out
 
 # %% ../nbs/05_retrieve.ipynb #c021
-def rank_targets(gallery:Gallery, qvecs:np.ndarray, targets:list, references:list, block:int=16384,
-                 tol:float=1e-9) -> np.ndarray:
+def _exact(gallery:Gallery, q:np.ndarray, cols:np.ndarray) -> np.ndarray:
+    "float64 scores of query rows `q` with gallery videos `cols`, pair by pair."
+    if gallery.emb.ndim == 2: return np.einsum('ij,ij->i', q.astype(np.float64), gallery.emb[cols].astype(np.float64))
+    return np.array([gallery.scores(qi[None], c, c + 1, np.float64)[0, 0] for qi, c in zip(q, cols)])
+
+def rank_targets(gallery:Gallery, qvecs:np.ndarray, targets:list, references:list, block:int=65536,
+                 tol:float=1e-9, near:float=1e-4) -> np.ndarray:
     "0-based rank of each query's target over the whole gallery (NaN when it is not in it), counted block by block."
     t = np.array([gallery.pos.get(x, -1) for x in targets], int); r = np.array([gallery.pos.get(x, -1) for x in references], int)
     ranks = np.full(len(t), np.nan)
     rows = np.flatnonzero(t >= 0)
     if not len(rows): return ranks
     q, t, r = np.asarray(qvecs, np.float32)[rows], t[rows], r[rows]
-    own = np.array([gallery.scores(q[i:i+1], t[i], t[i] + 1, np.float64)[0, 0] for i in range(len(q))])
+    own = _exact(gallery, q, t)
     count = np.zeros(len(q), np.int64)
     for lo in range(0, len(gallery), block):
-        S = gallery.scores(q, lo, lo + block, np.float64)
+        S = gallery.scores(q, lo, lo + block)
         for c in (t, r):                                          # neither the target nor the reference competes
             inside = (c >= lo) & (c < lo + S.shape[1]); S[inside, c[inside] - lo] = -np.inf
-        count += (S >= own[:, None] - tol).sum(1)
+        d = S - own[:, None]
+        count += (d > near).sum(1)
+        i, j = np.nonzero(np.abs(d) <= near)                      # too close to call in float32: score again
+        np.add.at(count, i, _exact(gallery, q[i], lo + j) >= own[i] - tol)
     ranks[rows] = count
     return ranks
 

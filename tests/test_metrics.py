@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from r3covr.core import DataError, Query
 from r3covr.metrics import (target_ranks, ranks_by_id, ranks_from_lists, recall_at_k, r_mean, median_rank, mean_rank,
-                            bootstrap_ci, evaluate, metrics_table, Metrics)
+                            bootstrap_ci, rank_metrics, metrics_table, Metrics)
 
 SEEDS = range(8)
 
@@ -73,7 +73,7 @@ def test_perfect_scores_give_r1_100(seed):
     S = rng.random((30, 50))
     t = rng.integers(0, 50, 30)
     S[np.arange(30), t] = 2.0
-    m = evaluate(target_ranks(S, t), ci=False)
+    m = rank_metrics(target_ranks(S, t), ci=False)
     assert m['R@1'] == 100 and m['MedR'] == 1 and m['MeanR'] == 1 and m['R_mean'] == 100
 
 @pytest.mark.parametrize('seed', SEEDS)
@@ -127,7 +127,7 @@ def test_bad_inputs_name_the_item():
     with pytest.raises(DataError, match='matrix'): target_ranks(np.zeros(4), [0])
     with pytest.raises(DataError, match='query b'): ranks_from_lists({}, {'a': 'x', 'b': 'y'}, {'b': 'y'})
     with pytest.raises(DataError, match='query q7'): ranks_by_id(S, list('abcd'), [Query('q7', 'a', 'e', 'z')] * 3)
-    with pytest.raises(DataError, match='not numbers'): evaluate(['a', 1])
+    with pytest.raises(DataError, match='not numbers'): rank_metrics(['a', 1])
     with pytest.raises(ValueError): target_ranks(S, [0, 1, 2], ties='average')
 
 def test_unlabelled_and_exclusion_inputs_accept_none_and_nan():
@@ -152,15 +152,15 @@ def test_evaluate_is_json_and_dict_input_equals_array():
     rng = np.random.default_rng(2)
     r = rng.geometric(.2, 200) - 1.
     r[:150] = np.inf   # the median is censored: MedR and MeanR are unknown, not numbers
-    m = evaluate(r, n_boot=100)
+    m = rank_metrics(r, n_boot=100)
     assert isinstance(m, Metrics) and m['MedR'] is None and m['MeanR'] is None and m['n_censored'] == 150
     assert json.loads(json.dumps(m, allow_nan=False)) == m
-    d = evaluate({f'q{i}': (None if i == 0 else x) for i, x in enumerate(r)}, n_boot=100)
+    d = rank_metrics({f'q{i}': (None if i == 0 else x) for i, x in enumerate(r)}, n_boot=100)
     assert d['n_queries'] == 200 and d['n_scored'] == 199
-    assert evaluate(list(r[1:]), n_boot=100) == {**d, 'n_queries': 199}
+    assert rank_metrics(list(r[1:]), n_boot=100) == {**d, 'n_queries': 199}
 
 def test_metrics_table_rows_and_escaping():
-    t = metrics_table({'a|b': evaluate([0, 1, 5], ci=False), 'c': evaluate([0, 0, np.inf], ci=False)})
+    t = metrics_table({'a|b': rank_metrics([0, 1, 5], ci=False), 'c': rank_metrics([0, 0, np.inf], ci=False)})
     lines = t.splitlines()
     assert len(lines) == 4 and lines[2].startswith('| a\\|b | 33.3 |') and lines[3].endswith('| 3 | 1 |')
     assert t._repr_markdown_() == t
@@ -176,6 +176,6 @@ def test_large_matrix_runs_vectorised():
     rows = rng.choice(2000, 20, replace=False)
     np.testing.assert_array_equal(r[rows], _naive(S[rows], t[rows], ref[rows]))
     np.testing.assert_array_equal(r, target_ranks(S, t, ref, chunk=333))
-    m = evaluate(r)
+    m = rank_metrics(r)
     assert 0 <= m['R@1'] <= m['R@5'] <= m['R@10'] <= m['R@50'] <= 100
     assert m['ci']['R@50'][0] <= m['R@50'] <= m['ci']['R@50'][1]

@@ -8,7 +8,7 @@ import pytest
 from r3covr.core import R3Error, DataError, VideoError
 from r3covr.models import VideoPart, Encoder, create_encoder
 from r3covr.video import write_video, read_frames
-from r3covr.siglip import OpenClipEncoder, build_twin, pool_frames, open_clip_name, DEFAULT_MODEL
+from r3covr.siglip import OpenClipEncoder, build_twin, pool_frames, DEFAULT_MODEL
 
 DATA = Path(__file__).resolve().parents[1].parent/'shared'/'data'
 VAL = DATA/'covr-r'/'val-set_no-labels.json'
@@ -59,7 +59,7 @@ def test_folder_and_local_dir_load_the_same(twin, enc):
 def test_factory_builds_tiny(tmp_path, monkeypatch):
     monkeypatch.setenv('R3COVR_CACHE', str(tmp_path))
     e = create_encoder('tiny')
-    assert isinstance(e, OpenClipEncoder) and Path(e.name) == tmp_path/'twins'/'siglip2'
+    assert isinstance(e, OpenClipEncoder) and Path(e.weights.locator) == (tmp_path/'twins'/'siglip2').resolve()
     assert e.embed_texts(TEXTS[:2]).shape == (2, e.dim)
 
 # ---------------------------------------------------------------- texts
@@ -139,6 +139,6 @@ def test_offline_hub_name_fails_fast():
     assert time.time() - t0 < 5
 
 def test_bad_names(tmp_path):
-    with pytest.raises(R3Error, match='no open_clip_config.json'): open_clip_name(str(tmp_path))
-    with pytest.raises(R3Error, match='missing'): open_clip_name('local-dir:' + str(tmp_path/'missing'))
-    with pytest.raises(R3Error, match='timm/ViT-B-16-SigLIP2'): open_clip_name('ViT-B-16-SigLIP2')
+    with pytest.raises(R3Error, match='no open_clip_config.json'): OpenClipEncoder(str(tmp_path))
+    with pytest.raises(R3Error, match='missing'): OpenClipEncoder('local-dir:' + str(tmp_path/'missing'))
+    with pytest.raises(R3Error, match='org/name'): OpenClipEncoder('ViT-B-16-SigLIP2')
