@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Iterable
 
 # %% auto #0
-__all__ = ['R3Error', 'DataError', 'VideoError', 'ConfigError', 'Video', 'Query', 'check_text', 'resolve_inside', 'CoVRDataset',
-           'atomic_write', 'write_json', 'read_json', 'append_jsonl', 'write_jsonl', 'Records', 'read_jsonl',
-           'stable_hash', 'cache_dir', 'safe_name', 'Markdown', 'markdown_table']
+__all__ = ['R3Error', 'DataError', 'VideoError', 'ConfigError', 'ServiceError', 'Video', 'Query', 'check_text', 'resolve_inside',
+           'CoVRDataset', 'atomic_write', 'write_json', 'read_json', 'append_jsonl', 'write_jsonl', 'Records',
+           'read_jsonl', 'stable_hash', 'cache_dir', 'safe_name', 'Markdown', 'markdown_table']
 
 # %% ../nbs/00_core.ipynb #c006
 class R3Error(Exception):
@@ -26,6 +26,9 @@ class VideoError(R3Error):
 
 class ConfigError(R3Error, ValueError):
     "A run setting that does not exist or does not fit the chosen preset."
+
+class ServiceError(R3Error):
+    "A model server that cannot be reached or answers wrongly: not one item's fault, so a run stops instead of skipping."
 
 # %% ../nbs/00_core.ipynb #c009
 @dataclass(frozen=True)

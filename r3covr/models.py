@@ -201,7 +201,7 @@ def resolve_weights(model:str) -> Weights:
 # %% ../nbs/03_models.ipynb #7a3e1c08
 BACKENDS = {'qwen3vl': 'r3covr.qwen3vl:Qwen3VL', 'open_clip': 'r3covr.siglip:OpenClipEncoder',
             'sentence': 'r3covr.caption:SentenceEncoder', 'causal_lm': 'r3covr.caption:CausalLM',
-            'toy_encoder': 'r3covr.toy:ToyEncoder', 'toy_vlm': 'r3covr.toy:ToyVLM'}
+            'toy_encoder': 'r3covr.toy:ToyEncoder', 'toy_vlm': 'r3covr.toy:ToyVLM', 'openai': 'r3covr.served:OpenAIVLM'}
 
 def register_backend(name:str, spec):
     "Make `name` usable as a preset's `backend`: `spec` is an `Encoder`/`VLM` class or a 'module:Class' string."
@@ -240,10 +240,10 @@ class Models:
     def loaded(self, role:str) -> bool: return self._made[role] is not None
 
     def weights(self, role:str) -> dict:
-        "The weights record of `role`'s model, resolved without loading it: what config.json and cache keys carry."
+        "The weights record of `role`'s model, without loading it: what config.json and cache keys carry."
         if role not in self._weights:
-            w = getattr(self._made[role], 'weights', None)
-            if w is None: w = getattr(backend_class(role, self.cfg[role]), 'builtin_weights', None)
+            w, cls = getattr(self._made[role], 'weights', None), backend_class(role, self.cfg[role])
+            if w is None and hasattr(cls, 'weights_of'): w = cls.weights_of(**{k: v for k, v in self.cfg[role].items() if k != 'backend'})
             if w is None: w = resolve_weights(self.cfg[role]['model'])
             self._weights[role] = w.record() if isinstance(w, Weights) else dict(w)
         return self._weights[role]

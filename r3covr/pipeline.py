@@ -15,7 +15,7 @@ from .retrieve import Gallery, Shortlist, embed_gallery, gallery_key, retrieve a
 from .rerank import JUDGE_VERSION, judge, reorder, reranked_rank
 from .metrics import rank_metrics, metrics_table
 from .runfolder import RunFolder
-from .settings import run_config, dataset_of
+from .settings import run_config, dataset_of, dataset_fingerprint
 from .core import cache_dir
 
 # %% auto #0
@@ -178,10 +178,10 @@ def run(folder, ds:CoVRDataset|None=None, models:Models|None=None, **settings) -
     with folder.locked():
         folder.reset_errors(keep=not cfg['retry_failed'])
         folder.record_errors('load', [(s['item'], s['reason']) for s in ds.skipped])
+        data = dict(dataset_size=len(ds), dataset_fingerprint=dataset_fingerprint(ds))
         ds, cuts = cap_texts(ds, models.encoder, cfg['max_text_tokens'])
         folder.record_errors('cut', cuts)
-        folder.start({**cfg, 'keys': stage_keys(cfg, ds, models), 'weights': {r: models.weights(r) for r in ('encoder', 'vlm')},
-                      'dataset_size': len(ds)})
+        folder.start({**cfg, 'keys': stage_keys(cfg, ds, models), 'weights': {r: models.weights(r) for r in ('encoder', 'vlm')}, **data})
         t, times = time.time(), {}
         def lap(name):
             nonlocal t; times[name] = time.time() - t; t = time.time()

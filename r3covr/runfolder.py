@@ -7,7 +7,7 @@ from __future__ import annotations
 import json, os, re, socket, time
 from contextlib import contextmanager
 from pathlib import Path
-from .core import (R3Error, DataError, append_jsonl, atomic_write, read_json, read_jsonl, write_json, write_jsonl,
+from .core import (R3Error, DataError, ServiceError, append_jsonl, atomic_write, read_json, read_jsonl, write_json, write_jsonl,
                          safe_name)
 
 # %% auto #0
@@ -95,10 +95,12 @@ def resume(self:RunFolder, stage:str, key:str, items:list, work, batch_size:int=
     for s in tqdm(range(0, len(todo), batch_size), desc=desc or stage, disable=not todo, leave=False):
         batch = todo[s:s+batch_size]
         try: new = work(batch)
+        except ServiceError: raise                     # the server, not the items: stop (the next run resumes here)
         except R3Error:
             new = []
             for x in batch:
                 try: new += work([x])
+                except ServiceError: raise
                 except R3Error as e: self.record_errors(desc or stage, [(key_of(x), e)])
         self.append(stage, key, *new)
         recs.update({r['id']: r for r in new})

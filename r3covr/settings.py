@@ -7,14 +7,14 @@ from __future__ import annotations
 import inspect, json
 from dataclasses import dataclass
 from pathlib import Path
-from .core import ConfigError, DataError, CoVRDataset, read_json
+from .core import ConfigError, DataError, CoVRDataset, read_json, stable_hash
 from .models import BACKENDS, backend_class, load_preset, merge
 from .reason import PROMPTS, STRATEGIES
 from .retrieve import INDEXES
 
 # %% auto #0
 __all__ = ['SETTINGS', 'SECTIONS', 'DEFAULTS', 'FRAMES', 'integer', 'number', 'choice', 'flag', 'text', 'Setting',
-           'check_section', 'run_config', 'parse_sets', 'load_dataset', 'dataset_of']
+           'check_section', 'run_config', 'parse_sets', 'load_dataset', 'dataset_fingerprint', 'dataset_of']
 
 # %% ../nbs/07b_settings.ipynb #s006
 def _bad(accepts:str):
@@ -114,7 +114,7 @@ def check_section(role:str, section) -> dict:
 # %% ../nbs/07b_settings.ipynb #s015
 def run_config(**kw) -> dict:
     "The full, checked configuration of a run: defaults < the preset's `pipeline` section < `kw` (sections field by field)."
-    unknown = sorted(set(kw) - set(SETTINGS) - set(SECTIONS) - {'pipeline', 'name', 'about', 'layout', 'keys', 'weights', 'dataset_size'})
+    unknown = sorted(set(kw) - set(SETTINGS) - set(SECTIONS) - {'pipeline', 'name', 'about', 'layout', 'keys', 'weights', 'dataset_size', 'dataset_fingerprint'})
     if unknown: raise ConfigError(f'unknown run setting {unknown[0]!r}; known: {", ".join(SETTINGS)}, {", ".join(SECTIONS)}')
     preset = load_preset(SETTINGS['preset'].check('preset', kw.get('preset') or DEFAULTS['preset']))
     over = {k: v for k, v in kw.items() if k in SETTINGS or k in SECTIONS}
@@ -166,6 +166,10 @@ def load_dataset(spec:str='synthetic', root:str|None=None, n:int|None=None, seed
         else: ds = data.load_covr_r(p, root=root, on_error='skip')
     else: raise DataError(f'dataset {spec!r}: expected a .csv (WebVid-CoVR) or .json (CoVR-R) file')
     return ds.subset(n) if n else ds
+
+def dataset_fingerprint(ds:CoVRDataset) -> str:
+    "A hash of what a run's results depend on in `ds`: each query's id, reference, edit and target, and the gallery."
+    return stable_hash([ds.name, [[q.id, q.reference, q.edit, q.target] for q in ds], sorted(ds.gallery)], 16)
 
 def dataset_of(cfg:dict) -> CoVRDataset:
     "The dataset a run's settings name (dataset, root, gallery, n, seed); `DataError` when no query is usable, or (`strict`) any row was skipped."

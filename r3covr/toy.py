@@ -19,9 +19,10 @@ def words(text:str) -> list:
 
 class ToyEncoder(Encoder):
     "Hashed bag of words for texts, mean colours for frames: an instrument whose scores can be checked by hand."
-    builtin_weights = Weights('toy', 'toy', 'builtin', {'toy': 'bag-of-words@1'})
+    @classmethod
+    def weights_of(cls, model:str='toy', **kw) -> Weights: return Weights(model, 'toy', 'builtin', {'toy': 'bag-of-words@1'})
     def __init__(self, model:str='toy', dim:int=256, context_length:int=64, batch_size:int=32):
-        self.name, self.dim, self.context_length, self.batch_size, self.weights = model, dim, context_length, batch_size, self.builtin_weights
+        self.name, self.dim, self.context_length, self.batch_size, self.weights = model, dim, context_length, batch_size, self.weights_of(model)
 
     def count_tokens(self, text:str) -> int: return len(words(text))
 
@@ -41,8 +42,9 @@ class ToyEncoder(Encoder):
 class ToyVLM(VLM):
     "Echoes the first video's caption; judges a candidate by its words' overlap with the rest of the prompt."
     view = 'caption'
-    builtin_weights = Weights('toy', 'toy', 'builtin', {'toy': 'echo-overlap@1'})
-    def __init__(self, model:str='toy', batch_size:int=8): self.name, self.batch_size, self.weights = model, batch_size, self.builtin_weights
+    @classmethod
+    def weights_of(cls, model:str='toy', **kw) -> Weights: return Weights(model, 'toy', 'builtin', {'toy': 'echo-overlap@1'})
+    def __init__(self, model:str='toy', batch_size:int=8): self.name, self.batch_size, self.weights = model, batch_size, self.weights_of(model)
 
     def generate(self, prompts:list, max_new_tokens:int=128) -> list:
         "The first video's caption (or 'a video'), then the first line of text after it, cut to `max_new_tokens` words."

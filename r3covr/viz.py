@@ -11,7 +11,7 @@ import numpy as np
 from .core import R3Error, DataError, CoVRDataset, atomic_write
 from .metrics import recall_at_k, as_ranks
 from .runfolder import RunFolder
-from .settings import dataset_of
+from .settings import dataset_of, dataset_fingerprint
 from .pipeline import ROW_NAMES, common_queries
 
 # %% auto #0
@@ -34,9 +34,10 @@ def _save(fig, path, dpi:int=90) -> Path:
 # %% ../nbs/09_viz.ipynb #c011
 class RunView:
     "A run read back through its `RunFolder`: config, metrics, each stage's records by query id, ranks by row; no model loaded."
-    def __init__(self, folder):
+    def __init__(self, folder, ds:CoVRDataset|None=None): # the run's dataset, when its settings cannot rebuild it
         self.folder = RunFolder(folder); self.dir = self.folder.dir
         self.cfg = self.folder.config(); k = self.cfg['keys']
+        if ds is not None: self.ds = self._checked(ds)
         self.metrics = self.folder.read('metrics', default={})
         self.desc = self.folder.records('descriptions', k['reason'])
         self.sls = self.folder.records('shortlists', k['retrieve'])
@@ -45,10 +46,18 @@ class RunView:
         self.errors = self.folder.errors()
         self.ranks = {row: v for row, v in (self.folder.read('ranks') or {}).items() if v}
 
+    def _checked(self, ds:CoVRDataset) -> CoVRDataset:
+        "`ds` if it is the dataset the run used (by `dataset_fingerprint`), else a `DataError` saying so."
+        if dataset_fingerprint(ds) != self.cfg.get('dataset_fingerprint'):
+            raise DataError(f'{self.dir}: the run used another dataset than {ds.name!r} ({len(ds)} queries); '
+                            f'hand over the one it used: RunView(folder, ds=...)')
+        return ds
+
     @cached_property
     def ds(self) -> CoVRDataset:
-        "The run's dataset, rebuilt from its config on first use."
-        try: return dataset_of(self.cfg)
+        "The run's dataset, rebuilt from its config on first use (and checked to be the one the run used)."
+        try: return self._checked(dataset_of(self.cfg))
+        except DataError: raise
         except R3Error as e: raise DataError(f'{self.dir}: cannot rebuild its dataset {self.cfg["dataset"]!r}: {e}') from None
 
     def query(self, qid:str):
@@ -59,11 +68,11 @@ class RunView:
 
     def __repr__(self): return f'RunView({str(self.dir)!r}: {len(self.desc)} descriptions, {len(self.rankings)} rankings)'
 
-def load_run(run) -> RunView:
+def load_run(run, ds:CoVRDataset|None=None) -> RunView:
     "A `RunView` of a run folder (a path, a `RunFolder`, the dict `run` returned, or a `RunView`)."
     if isinstance(run, RunView): return run
     if isinstance(run, dict): run = run['folder']
-    return RunView(getattr(run, 'dir', run))
+    return RunView(getattr(run, 'dir', run), ds)
 
 def final_ranks(run) -> dict:
     "Target ranks after the last stage the run did (reranking, else retrieval)."

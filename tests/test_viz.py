@@ -152,7 +152,8 @@ def test_unlabelled_run_draws_what_it_can(tmp_path):
     ds = load_dataset('synthetic', n=10)
     ds = replace(ds, queries=tuple(replace(q, target=None) for q in ds))
     run(tmp_path/'unlabelled', ds=ds, preset='toy', n=10)
-    r = load_run(tmp_path/'unlabelled'); r.ds = ds                # a dataset the settings cannot rebuild: hand it over
+    with pytest.raises(DataError, match='the run used another dataset'): load_run(tmp_path/'unlabelled').ds
+    r = load_run(tmp_path/'unlabelled', ds)                     # a dataset its settings cannot rebuild: hand it over
     assert [p.name for p in save_run_figures(r)] == ['lengths.png', f'query-{safe_name("q0000")}.png']
     h = explore(r, static=True, n_static=3).html()
     assert '10 queries, 0 with a target rank' in h and h.count('unlabelled query (no target)') == 3
