@@ -12,6 +12,7 @@ statuses = ['Pre-Alpha', 'Alpha', 'Beta', 'Production/Stable', 'Mature', 'Inacti
 lic = licenses[cfg['license']]
 reqs = cfg.get('requirements', '').split()
 dev_reqs = cfg.get('dev_requirements', '').split()
+serve_reqs = cfg.get('serve_requirements', '').split()
 scripts = [s.strip() for s in cfg.get('console_scripts', '').split() if s.strip()]
 
 setuptools.setup(
@@ -25,7 +26,7 @@ setuptools.setup(
                  'Natural Language :: English', 'Programming Language :: Python :: 3'],
     packages=setuptools.find_packages(include=['r3covr', 'r3covr.*']),
     include_package_data=True, package_data={'r3covr': ['presets/*.json']},
-    install_requires=reqs, extras_require={'dev': dev_reqs},
+    install_requires=reqs, extras_require={'dev': dev_reqs, 'serve': serve_reqs},
     python_requires=f">={cfg['min_python']}", zip_safe=False,
     entry_points={'console_scripts': scripts, 'nbdev': [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"]},
 )

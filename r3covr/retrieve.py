@@ -14,7 +14,7 @@ from .models import Encoder, video_part, l2norm
 # %% auto #0
 __all__ = ['INDEXES', 'pad_frames', 'video_signature', 'embed_chunk', 'embed_gallery', 'gallery_key', 'Gallery', 'ExactIndex',
            'build_index', 'Shortlist', 'search', 'rank_targets', 'gallery_index', 'retrieve', 'query_pooled_scores',
-           'PooledIndex']
+           'ScanIndex']
 
 # %% ../nbs/05_retrieve.ipynb #c006
 def pad_frames(sets:list) -> np.ndarray:
@@ -167,7 +167,8 @@ def search(index, gallery_ids:list, qvecs:np.ndarray, query_ids:list, references
     "One `Shortlist` of `k` per query vector, each query's reference removed."
     if hasattr(index, 'hnsw'): index.hnsw.efSearch = max(index.hnsw.efSearch, k + 1)   # fewer cannot fill k
     if not len(gallery_ids) or not len(qvecs): return [Shortlist(q, (), ()) for q in query_ids]
-    D, I = index.search(np.ascontiguousarray(qvecs, dtype=np.float32), min(k + 1, len(gallery_ids)))
+    if isinstance(qvecs, np.ndarray): qvecs = np.ascontiguousarray(qvecs, dtype=np.float32)
+    D, I = index.search(qvecs, min(k + 1, len(gallery_ids)))
     out = []
     for qid, ref, d, i in zip(query_ids, references, D, I):
         keep = [(gallery_ids[j], float(s)) for s, j in zip(d, i) if j >= 0 and np.isfinite(s) and gallery_ids[j] != ref][:k]
@@ -175,19 +176,24 @@ def search(index, gallery_ids:list, qvecs:np.ndarray, query_ids:list, references
     return out
 
 # %% ../nbs/05_retrieve.ipynb #c021
-def _exact(gallery:Gallery, q:np.ndarray, cols:np.ndarray) -> np.ndarray:
+def _exact(gallery, q, cols:np.ndarray) -> np.ndarray:
     "float64 scores of query rows `q` with gallery videos `cols`, pair by pair."
-    if gallery.emb.ndim == 2: return np.einsum('ij,ij->i', q.astype(np.float64), gallery.emb[cols].astype(np.float64))
-    return np.array([gallery.scores(qi[None], c, c + 1, np.float64)[0, 0] for qi, c in zip(q, cols)])
+    if isinstance(gallery, Gallery) and gallery.emb.ndim == 2:
+        return np.einsum('ij,ij->i', q.astype(np.float64), gallery.emb[cols].astype(np.float64))
+    return np.array([gallery.scores(q[i:i+1], c, c + 1, np.float64)[0, 0] for i, c in enumerate(cols)]).reshape(-1)
 
-def rank_targets(gallery:Gallery, qvecs:np.ndarray, targets:list, references:list, block:int=65536,
+def _rows(q, rows):
+    "Rows of query vectors (an array) or of a query bundle (anything that slices)."
+    return np.asarray(q, np.float32)[rows] if isinstance(q, (np.ndarray, list)) else q[rows]
+
+def rank_targets(gallery, qvecs, targets:list, references:list, block:int=65536,
                  tol:float=1e-9, near:float=1e-4) -> np.ndarray:
     "0-based rank of each query's target over the whole gallery (NaN when it is not in it), counted block by block."
     t = np.array([gallery.pos.get(x, -1) for x in targets], int); r = np.array([gallery.pos.get(x, -1) for x in references], int)
     ranks = np.full(len(t), np.nan)
     rows = np.flatnonzero(t >= 0)
     if not len(rows): return ranks
-    q, t, r = np.asarray(qvecs, np.float32)[rows], t[rows], r[rows]
+    q, t, r = _rows(qvecs, rows), t[rows], r[rows]
     own = _exact(gallery, q, t)
     count = np.zeros(len(q), np.int64)
     for lo in range(0, len(gallery), block):
@@ -197,21 +203,22 @@ def rank_targets(gallery:Gallery, qvecs:np.ndarray, targets:list, references:lis
         d = S - own[:, None]
         count += (d > near).sum(1)
         i, j = np.nonzero(np.abs(d) <= near)                      # too close to call in float32: score again
-        np.add.at(count, i, _exact(gallery, q[i], lo + j) >= own[i] - tol)
+        if len(i): np.add.at(count, i, _exact(gallery, _rows(q, i), lo + j) >= own[i] - tol)
     ranks[rows] = count
     return ranks
 
 # %% ../nbs/05_retrieve.ipynb #c024
-def gallery_index(gallery:Gallery, kind:str='flat'):
-    "The top-K index of `gallery` (built on first use and kept with it): `PooledIndex` for frame vectors."
+def gallery_index(gallery, kind:str='flat'):
+    "The top-K index of `gallery` (built on first use and kept with it): an exact `ScanIndex` unless it has one vector a video."
     if kind not in gallery._indexes:
-        gallery._indexes[kind] = PooledIndex(gallery) if gallery.emb.ndim == 3 else build_index(gallery.emb, kind)
+        plain = isinstance(gallery, Gallery) and gallery.emb.ndim == 2
+        gallery._indexes[kind] = build_index(gallery.emb, kind) if plain else ScanIndex(gallery)
     return gallery._indexes[kind]
 
-def retrieve(qvecs:np.ndarray, queries:list, gallery:Gallery, k:int=50, index:str='flat', groups:dict|None=None,
+def retrieve(qvecs, queries:list, gallery, k:int=50, index:str='flat', groups:dict|None=None,
              block:int=65536) -> tuple:
-    "(shortlists, {query id: 0-based target rank}) of query vectors over `gallery`; `groups` maps a source to its video ids."
-    qvecs = np.asarray(qvecs, np.float32)
+    "(shortlists, {query id: 0-based target rank}) of query vectors (or a query bundle) over `gallery`; `groups`: source -> video ids."
+    if isinstance(qvecs, (np.ndarray, list)): qvecs = np.asarray(qvecs, np.float32)
     parts = [(list(range(len(queries))), gallery)] if groups is None else \
             [([i for i, q in enumerate(queries) if q.source == s], gallery.subset([j for j, v in enumerate(gallery.ids) if v in m]))
              for s, m in groups.items()]
@@ -219,10 +226,10 @@ def retrieve(qvecs:np.ndarray, queries:list, gallery:Gallery, k:int=50, index:st
     for rows, g in parts:
         if not rows or not len(g): continue
         qs = [queries[i] for i in rows]
-        found = search(gallery_index(g, index), g.ids, qvecs[rows], [q.id for q in qs], [q.reference for q in qs], k)
+        found = search(gallery_index(g, index), g.ids, _rows(qvecs, rows), [q.id for q in qs], [q.reference for q in qs], k)
         for i, s in zip(rows, found): sls[i] = s
         labelled = [i for i, q in zip(rows, qs) if q.target is not None]
-        rk = rank_targets(g, qvecs[labelled], [queries[i].target for i in labelled], [queries[i].reference for i in labelled], block)
+        rk = rank_targets(g, _rows(qvecs, labelled), [queries[i].target for i in labelled], [queries[i].reference for i in labelled], block)
         ranks.update({queries[i].id: int(x) for i, x in zip(labelled, rk) if not np.isnan(x)})
     return sls, ranks
 
@@ -249,9 +256,9 @@ def query_pooled_scores(qvecs:np.ndarray, frames:np.ndarray, temperature:float=0
     S[:, ~real.any(1)] = -np.inf                                   # a video with no frames matches nothing
     return S
 
-class PooledIndex:
-    "Exact top-K of query-weighted pooled scores: the gallery scanned in blocks, a running top K kept."
-    def __init__(self, gallery:Gallery, block:int=4096): self.g, self.block, self.ntotal = gallery, block, len(gallery)
+class ScanIndex:
+    "Exact top-K of any gallery's `scores` (query-weighted pooling, fused routes): scanned in blocks, a running top K kept."
+    def __init__(self, gallery, block:int=4096): self.g, self.block, self.ntotal = gallery, block, len(gallery)
     def search(self, q:np.ndarray, k:int) -> tuple:
         D, I = np.full((len(q), 0), -np.inf, np.float32), np.zeros((len(q), 0), np.int64)
         for lo in range(0, len(self.g), self.block):

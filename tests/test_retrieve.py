@@ -4,7 +4,7 @@ import pytest
 from r3covr.core import Query
 from r3covr.metrics import target_ranks
 from r3covr.models import l2norm
-from r3covr.retrieve import Gallery, retrieve, rank_targets, pad_frames, query_pooled_scores, PooledIndex
+from r3covr.retrieve import Gallery, retrieve, rank_targets, pad_frames, query_pooled_scores, ScanIndex
 
 
 def structured(n, d, seed=0):
@@ -78,7 +78,7 @@ def test_query_pooled_gallery_takes_the_same_path():
     t, r = rng.choice(300, 20, replace=False), rng.choice(300, 20)
     r = np.where(r == t, (r + 1) % 300, r)
     Q = [Query(f'q{i}', ids[b], 'e', ids[a]) for i, (a, b) in enumerate(zip(t, r))]
-    G = Gallery(ids, F); G._indexes['flat'] = PooledIndex(G, block=37)
+    G = Gallery(ids, F); G._indexes['flat'] = ScanIndex(G, block=37)
     sls, ranks = retrieve(q, Q, G, k=10, block=41)
     top, rk = whole(query_pooled_scores(q, F), r, t, 10)
     assert [set(s.ids) for s in sls] == [{ids[j] for j in row} for row in top]
