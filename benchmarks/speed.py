@@ -7,39 +7,42 @@ the same run, on the same inputs, and says how far their outputs agree.
     python benchmarks/speed.py --json out.json          # also write the rows as JSON, one record a row
 
 Rows (`--only NAME`):
-  judge        SmolLM2 P(yes) on rerank prompts: one prompt per forward pass vs batches (left padding)
-  generate     SmolLM2 greedy generation of target descriptions: one by one vs batched
+  judge        SmolLM2 P(yes) on rerank prompts (a query's K candidates): one prompt per candidate and plain batches vs
+               the shared prefix computed once (models_bench.py)
+  generate     SmolLM2 greedy descriptions: transformers' `generate` vs the package's loop, and the options rejected
+               (sorted batches, static KV cache, int8 linear layers) with how many texts each changes (models_bench.py)
+  encode       MiniLM text embeddings: sentence-transformers' `encode` vs `SentenceEncoder.embed_texts` (models_bench.py)
+  frames       8 frames per video: raw decord `get_batch` and PyAV vs `read_frames` (models_bench.py)
   clean        descriptions after a cleaner change: generate again and clean vs re-clean the stored raw answers
   load         SmolLM2 from its GGUF: dequantise every tensor vs the package's safetensors copy
   gallery      MiniLM caption-view gallery embeddings: computed vs read back from the .npz cache
   search       top-50 inner-product search at 200,000 x 384: numpy matmul + argpartition vs faiss flat vs HNSW
+  search-1m    top-50 at 1,000,000 x 768 (vectors in 2,000 topic clusters), 1,000 queries: exact faiss flat vs IVF
+               (1,024 lists) at nprobe 4, 8, 16
   pooling      retrieval scores with mean-pooled video vectors vs query-weighted pooling (`pooling=query`)
-  retrieve-1m  the one retrieval path (top-50 + exact target ranks) over 1,000,000 x 384 with bounded memory,
+  retrieve-1m  the one retrieval path (top-50 + exact target ranks) over 1,000,000 x 768 with bounded memory,
                against the whole score matrix on a 50,000-video subset
+  rerun        `r3covr demo --n 200` (`cpu` preset) from an empty run folder and gallery cache vs again on the warm folder
+  served       SmolLM2 judging in process vs through llama.cpp's server (served_bench.py; needs the `serve` extra)
 
 Each JSON record: {row, what, baseline, ours, baseline_s, ours_s, speedup, agreement}. Timings are wall-clock seconds
 of one run (the best of `--repeats` for the short ones) on whatever machine runs it; compare rows of one run only.
 The search galleries are synthetic: unit vectors near a 32-dimensional subspace of the embedding space, as real
 embeddings are (on i.i.d. random unit vectors every neighbour is nearly as far as any other and HNSW's recall@50
-collapses: 18% at 200,000 when we tried).
+collapses: 18% at 200,000 when we tried). `search-1m` adds topic clusters (a mixture of 2,000 in a 64-dimensional
+subspace), which is what IVF's lists exploit: on the unclustered vectors IVF's recall@50 at nprobe 8 / 16 / 32 was
+33% / 45% / 60% (200,000 x 768). An approximate index is only as good as your embeddings are clustered: measure
+recall on them before trusting it.
 """
 from __future__ import annotations
-import argparse, json, os, resource, tempfile, time
+import argparse, importlib.util, json, os, resource, sys, tempfile, time
 from pathlib import Path
 import numpy as np
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 
-def best_of(fn, repeats:int=1):
-    "(seconds of the fastest of `repeats` calls, the last result)."
-    best, out = float('inf'), None
-    for _ in range(repeats):
-        t0 = time.perf_counter(); out = fn(); best = min(best, time.perf_counter() - t0)
-    return best, out
-
-def record(name, what, base, ours, tb, to, agree) -> dict:
-    return dict(row=name, what=what, baseline=base, ours=ours, baseline_s=round(tb, 3), ours_s=round(to, 3),
-                speedup=round(tb / to, 1) if to > 0 else None, agreement=agree)
+sys.path.insert(0, str(Path(__file__).parent))
+from models_bench import best_of, record      # one timing helper and one record format for every row
 
 def peak_rss_gb() -> float:
     "This process's peak resident memory so far, in GB."
@@ -53,6 +56,19 @@ def structured(n:int, d:int, seed:int=0, chunk:int=100_000) -> np.ndarray:
     for s in range(0, n, chunk):
         m = min(chunk, n - s)
         g = rng.standard_normal((m, 32), dtype=np.float32) @ A + 0.5 * rng.standard_normal((m, d), dtype=np.float32)
+        out[s:s+m] = g / np.linalg.norm(g, axis=1, keepdims=True)
+    return out
+
+def clustered(n:int, d:int, n_topics:int=2000, seed:int=0, chunk:int=100_000) -> np.ndarray:
+    "`n` unit vectors in `n_topics` clusters (topics) spread over a 64-dimensional subspace of R^d, plus noise."
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((64, d), dtype=np.float32) / 8
+    centres = rng.standard_normal((n_topics, 64), dtype=np.float32)
+    out = np.empty((n, d), np.float32)
+    for s in range(0, n, chunk):
+        m = min(chunk, n - s)
+        z = centres[rng.integers(0, n_topics, m)] + 0.9 * rng.standard_normal((m, 64), dtype=np.float32)
+        g = z @ A + 0.3 * rng.standard_normal((m, d), dtype=np.float32) / np.sqrt(d)
         out[s:s+m] = g / np.linalg.norm(g, axis=1, keepdims=True)
     return out
 
@@ -75,26 +91,10 @@ def judge_prompts(ds, n:int) -> list:
             if len(out) == n: return out
     return out
 
-def bench_judge(ds, a) -> list:
-    from r3covr.models import create_vlm
-    vlm, prompts = create_vlm('cpu'), judge_prompts(ds, a.n_judge)
-    vlm.batch_size = 1; t1, p1 = best_of(lambda: vlm.score(prompts))
-    vlm.batch_size = a.batch; tb, pb = best_of(lambda: vlm.score(prompts))
-    return [record('judge', f'judge scoring ({len(prompts)} prompts)', 'one by one', f'batches of {a.batch}', t1, tb,
-                   f'max |dP(yes)| {np.abs(p1 - pb).max():.1e}')]
-
 def _chats(ds, n):
     from r3covr.models import video_part
     from r3covr.reason import PROMPTS
     return [PROMPTS['rewrite-caption@1'].chat(video_part(ds.videos[q.reference], 'caption'), edit=q.edit) for q in ds.queries[:n]]
-
-def bench_generate(ds, a) -> list:
-    from r3covr.models import create_vlm
-    vlm, chats = create_vlm('cpu'), _chats(ds, a.n_gen)
-    vlm.batch_size = 1; t1, g1 = best_of(lambda: vlm.generate(chats, 48))
-    vlm.batch_size = a.batch; tb, gb = best_of(lambda: vlm.generate(chats, 48))
-    return [record('generate', f'description ({len(chats)} x 48 tokens)', 'one by one', f'batches of {a.batch}', t1, tb,
-                   f'{sum(x == y for x, y in zip(g1, gb))}/{len(chats)} texts identical')]
 
 def bench_clean(ds, a) -> list:
     from r3covr.models import create_vlm, create_encoder, video_part
@@ -150,6 +150,22 @@ def bench_search(ds, a, k:int=50, repeats:int=3) -> list:
     return [record('search', what, 'numpy matmul', 'faiss flat (exact)', tnp, tf, f'top-1 equal {100*top1:.0f}%'),
             record('search', what, 'faiss flat (exact)', f'faiss HNSW (build {tbuild:.1f} s)', tf, th, f'recall@{k} vs exact {100*recall:.1f}%')]
 
+def bench_search_1m(ds, a, d:int=768, nq:int=1000, k:int=50, nlist:int=1024) -> list:
+    "Top-50 at a million videos in 2,000 topics: exact faiss flat against IVF (1,024 lists) at nprobe 4, 8 and 16."
+    from r3covr.retrieve import build_index
+    n = a.n_million
+    g = clustered(n, d); q = near(g, np.random.default_rng(5).choice(n, nq, replace=False))
+    tf, (_, exact) = best_of(lambda: build_index(g, 'flat').search(q, k))
+    tb, ivf = best_of(lambda: build_index(g, 'ivf', nlist=nlist))
+    out, what = [], f'top-{k} search ({nq} queries, {n:,} x {d})'
+    for nprobe in (4, 8, 16):
+        ivf.nprobe = nprobe
+        ti, (_, ids) = best_of(lambda: ivf.search(q, k), 2)
+        recall = np.mean([len(set(x) & set(y)) / k for x, y in zip(exact, ids)])
+        out.append(record('search-1m', what, 'faiss flat (exact)', f'IVF {nlist} lists, nprobe {nprobe} (build {tb:.0f} s, once)',
+                          tf, ti, f'recall@{k} vs exact {100*recall:.1f}%'))
+    return out
+
 def bench_pooling(ds, a, T:int=8, d:int=1152, nq:int=500) -> list:
     "What `pooling=query` costs: exact query-weighted scores against one matmul over mean-pooled vectors."
     from r3covr.models import l2norm
@@ -171,7 +187,7 @@ def whole_matrix(q:np.ndarray, g:np.ndarray, refs:np.ndarray, targets:np.ndarray
     top = np.argsort(-S, axis=1, kind='stable')[:, :k]
     return top, target_ranks(S, targets)
 
-def bench_retrieve_1m(ds, a, d:int=384, nq:int=1000, k:int=50) -> list:
+def bench_retrieve_1m(ds, a, d:int=768, nq:int=1000, k:int=50) -> list:
     "The one retrieval path at a million videos: time and peak memory, and agreement with the whole matrix on a subset."
     from r3covr.core import Query
     from r3covr.retrieve import Gallery, retrieve
@@ -204,10 +220,34 @@ def bench_retrieve_1m(ds, a, d:int=384, nq:int=1000, k:int=50) -> list:
                    f'(+{rss1 - rss0:.2f} GB over the gallery and inputs)', float('nan'), t_big,
                    f'{len(ranks)} of {nq} targets ranked, median rank {np.median(list(ranks.values())):.0f}')]
 
+def bench_rerun(ds, a) -> list:
+    "`r3covr demo` from an empty run folder, then the same command again on the warm folder (every stage cached)."
+    import subprocess
+    cmd = [sys.executable, '-c', 'import sys; from r3covr.cli import main; sys.exit(main(sys.argv[1:]))', 'demo', '--n', str(a.n_rerun)]
+    from r3covr.core import cache_dir
+    with tempfile.TemporaryDirectory() as td:
+        env = dict(os.environ, R3COVR_CACHE=str(Path(td)/'cache'))
+        for keep in ('models', 'digests', 'synthetic'):                   # unpacked weights and data stay; no gallery cache
+            (Path(td)/'cache').mkdir(exist_ok=True); (Path(td)/'cache'/keep).symlink_to(cache_dir(keep))
+        go = lambda: subprocess.run(cmd + ['--out', str(Path(td)/'run')], env=env, capture_output=True, text=True, check=True).stdout
+        t1, out1 = best_of(go)
+        t2, out2 = best_of(go)
+    table_of = lambda out: [l for l in out.splitlines() if l.startswith('|')]
+    return [record('rerun', f'`r3covr demo --n {a.n_rerun}` (cpu preset), process start to exit', 'empty run folder and gallery cache',
+                   'same command, warm folder', t1, t2, 'same table' if table_of(out1) == table_of(out2) else 'TABLES DIFFER')]
+
 # ---------------------------------------------------------------- the table
 
-ROWS = dict(judge=bench_judge, generate=bench_generate, clean=bench_clean, load=bench_load, gallery=bench_gallery,
-            search=bench_search, pooling=bench_pooling, **{'retrieve-1m': bench_retrieve_1m})
+# ---------------------------------------------------------------- the table
+
+from models_bench import bench_judge, bench_generate, bench_encode, bench_frames
+
+ROWS = dict(judge=bench_judge, generate=bench_generate, encode=bench_encode, frames=bench_frames, clean=bench_clean,
+            load=bench_load, gallery=bench_gallery, search=bench_search, **{'search-1m': bench_search_1m},
+            pooling=bench_pooling, **{'retrieve-1m': bench_retrieve_1m}, rerun=bench_rerun)
+if importlib.util.find_spec('llama_cpp'):
+    from served_bench import bench_served
+    ROWS['served'] = bench_served
 
 def table(rows:list) -> str:
     from r3covr.core import markdown_table
@@ -222,8 +262,9 @@ def main(argv=None):
     ap.add_argument('--quick', action='store_true'); ap.add_argument('--json')
     ap.add_argument('--batch', type=int, default=16)
     a = ap.parse_args(argv)
-    a.n_judge, a.n_gen, a.n_index, a.n_pool, a.n_million, a.n_subset = \
-        (32, 8, 50_000, 2_000, 200_000, 20_000) if a.quick else (96, 32, 200_000, 10_000, 1_000_000, 50_000)
+    a.n_judge, a.n_gen, a.n_index, a.n_pool, a.n_million, a.n_subset, a.n_videos, a.n_rerun, a.n_served = \
+        (30, 8, 50_000, 2_000, 200_000, 20_000, 30, 12, 40) if a.quick else (100, 32, 200_000, 10_000, 1_000_000, 50_000, 100, 200, 200)
+    a.repeats = None
     import torch
     from r3covr.synthetic import make_synthetic
     ds = make_synthetic(n_queries=200)

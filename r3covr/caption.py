@@ -10,9 +10,10 @@ import numpy as np
 from fastcore.basics import patch
 from .core import R3Error, cache_dir, stable_hash
 from .models import Chat, Encoder, VLM, VideoPart, l2norm, resolve_weights, file_sha256, batches, answer_token_ids, WHEELS
+from .qwen3vl import prefix_scored, cache_kw, cache_of
 
 # %% auto #0
-__all__ = ['CHATML', 'mean_pool', 'SentenceEncoder', 'gguf_cache', 'load_gguf', 'CausalLM']
+__all__ = ['CHATML', 'mean_pool', 'SentenceEncoder', 'gguf_cache', 'load_gguf', 'CausalLM', 'left_pad']
 
 # %% ../nbs/03c_caption.ipynb #c015
 def mean_pool(hidden, mask):
@@ -43,14 +44,15 @@ class SentenceEncoder(Encoder):
         return len(self.tok(text, add_special_tokens=False, verbose=False)['input_ids'])
 
     def embed_texts(self, texts:list) -> np.ndarray:
-        "(n, d) unit vectors; each text cut at `context_length` content tokens."
+        "(n, d) unit vectors; each text cut at `context_length` content tokens; batched by length, returned in order."
         import torch
-        out = []
-        for b in batches(texts, self.batch_size):
-            enc = self.tok(b, padding=True, truncation=True, max_length=self.context_length + 2, return_tensors='pt')
+        ids = self.tok(list(texts), truncation=True, max_length=self.context_length + 2)['input_ids'] if len(texts) else []
+        out = np.zeros((len(ids), self.dim), np.float32)
+        for b in batches(np.argsort([len(x) for x in ids], kind='stable'), self.batch_size):
+            enc = self.tok.pad({'input_ids': [ids[i] for i in b]}, return_tensors='pt')
             with torch.inference_mode(): h = self.model(**enc).last_hidden_state
-            out.append(mean_pool(h, enc['attention_mask']).float().numpy())
-        return l2norm(np.concatenate(out)) if out else np.zeros((0, self.dim), np.float32)
+            out[b] = mean_pool(h, enc['attention_mask']).float().numpy()
+        return l2norm(out)
 
     def embed_frames(self, frames):
         raise R3Error(f'{self.name} is a text encoder (caption view): it cannot embed frames; '
@@ -104,9 +106,10 @@ class CausalLM(VLM):
     view = 'caption'
     def __init__(self, model:str='HuggingFaceTB/SmolLM2-135M-Instruct',
                  batch_size:int=8, # prompts per forward pass
-                 cache:bool=True): # keep a dequantised copy of a GGUF model (see `load_gguf`)
+                 cache:bool=True, # keep a dequantised copy of a GGUF model (see `load_gguf`)
+                 share_prefix:bool=True): # judge prompts that share a prefix compute it once (`prefix_scored`)
         from transformers import AutoModelForCausalLM, AutoTokenizer
-        self.name, self.batch_size, self.weights = model, batch_size, resolve_weights(model)
+        self.name, self.batch_size, self.weights, self.share_prefix = model, batch_size, resolve_weights(model), share_prefix
         self.path = _gguf_in(Path(self.weights.locator))
         if self.path.suffix == '.gguf': self.tok, self.model = load_gguf(self.path, cache)
         else: self.tok, self.model = AutoTokenizer.from_pretrained(self.path), AutoModelForCausalLM.from_pretrained(self.path)
@@ -125,32 +128,94 @@ class CausalLM(VLM):
         msgs = ([{'role': 'system', 'content': chat.system}] if chat.system else []) + [{'role': 'user', 'content': chat.text()}]
         return self.tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
 
-    def _batches(self, prompts:list):
-        "Tokenised, left-padded batches of `prompts`."
-        texts = [self.chat_text(p) for p in prompts]
-        for b in batches(texts, self.batch_size): yield self.tok(b, padding=True, return_tensors='pt', add_special_tokens=False)
-
 # %% ../nbs/03c_caption.ipynb #c037
+def left_pad(rows:list, pad:int) -> tuple:
+    "(ids, mask) LongTensors of the token lists `rows`, padded on the left to the longest."
+    import torch
+    L = max(map(len, rows))
+    return (torch.tensor([[pad] * (L - len(r)) + list(r) for r in rows]), torch.tensor([[0] * (L - len(r)) + [1] * len(r) for r in rows]))
+
+@patch
+def _greedy(self:CausalLM, ids:list, max_new_tokens:int) -> list:
+    "Greedy continuations (token lists) of the token lists `ids`, one batch; a row leaves the batch when it ends."
+    import torch
+    x, mask = left_pad(ids, self.tok.pad_token_id)
+    pos, rows, out = (mask.cumsum(-1) - 1).clamp(min=0), torch.arange(len(ids)), [[] for _ in ids]
+    with torch.inference_mode():
+        o = self.model(input_ids=x, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+        cache, pos = cache_of(o), pos[:, -1:] + 1
+        for step in range(max_new_tokens):
+            tok = o.logits[:, -1].argmax(-1)
+            live = (tok != self.tok.eos_token_id).nonzero()[:, 0]
+            for j in live.tolist(): out[int(rows[j])].append(int(tok[j]))
+            if not len(live) or step == max_new_tokens - 1: break
+            if len(live) < len(rows):           # finished rows leave: their cache rows are dropped
+                cache.batch_select_indices(live); rows, mask, pos, tok = rows[live], mask[live], pos[live], tok[live]
+            mask = torch.cat([mask, mask.new_ones(len(rows), 1)], 1)
+            o = self.model(input_ids=tok[:, None], attention_mask=mask, position_ids=pos, logits_to_keep=1, **cache_kw(self.model, cache))
+            pos = pos + 1
+    return out
+
 @patch
 def generate(self:CausalLM, prompts:list, max_new_tokens:int=128) -> list:
     "Greedy continuation of each prompt: the new text only, stripped."
+    ids = self.tok([self.chat_text(p) for p in prompts], add_special_tokens=False)['input_ids'] if prompts else []
+    return [self.tok.decode(t, skip_special_tokens=True).strip() for b in batches(ids, self.batch_size)
+            for t in self._greedy(b, max_new_tokens)]
+
+@patch
+def _run(self:CausalLM, items:list, start:int=0, stop:int|None=None, cache=None) -> tuple:
+    "(yes/no log-probs after tokens [start, stop) of each token list in `items`, cache): one left-padded pass continuing `cache`."
     import torch
-    out = []
-    for enc in self._batches(prompts):
-        with torch.inference_mode():
-            g = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, top_p=None, top_k=None,
-                                    temperature=None, pad_token_id=self.tok.pad_token_id, eos_token_id=self.tok.eos_token_id)
-        out += [s.strip() for s in self.tok.batch_decode(g[:, enc['input_ids'].shape[1]:], skip_special_tokens=True)]
-    return out
+    ids, mask = left_pad([x[start:stop] for x in items], self.tok.pad_token_id)
+    pos, kw = start + (mask.cumsum(-1) - 1).clamp(min=0), {}
+    if cache is not None: mask, kw = torch.cat([mask.new_ones(len(items), start), mask], 1), cache_kw(self.model, cache)
+    with torch.inference_mode():
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1,
+                         use_cache=stop is not None or cache is not None, **kw)
+    lp = out.logits[:, -1].float().log_softmax(-1)
+    return torch.stack([lp[:, self.yes_ids].logsumexp(-1), lp[:, self.no_ids].logsumexp(-1)], -1).numpy(), cache_of(out)
 
 @patch
 def yes_no_logits(self:CausalLM, prompts:list) -> np.ndarray:
     "(n, 2): log P(yes-like), log P(no-like) for the first answer token."
+    ids = self.tok([self.chat_text(p) for p in prompts], add_special_tokens=False)['input_ids'] if prompts else []
+    return prefix_scored(ids, ids, self._run, self.batch_size, self.share_prefix)
+
+# %% ../nbs/03c_caption.ipynb #5c1a7e02
+@patch
+def _answers(self:CausalLM, heads:list, tails:list, owner:list) -> np.ndarray:
+    "log P(tail | its head) of each token list in `tails`, `owner[i]` the index in `heads` of tail i's prompt: one batched pass each."
     import torch
-    out = []
-    for enc in self._batches(prompts):
-        pos = (enc['attention_mask'].cumsum(-1) - 1).clamp(min=0)
-        with torch.inference_mode():
-            lp = self.model(**enc, position_ids=pos, logits_to_keep=1).logits[:, -1].float().log_softmax(-1)
-        out.append(torch.stack([lp[:, self.yes_ids].logsumexp(-1), lp[:, self.no_ids].logsumexp(-1)], -1).numpy())
-    return np.concatenate(out) if out else np.zeros((0, 2), np.float32)
+    ids, mask = left_pad(heads, self.tok.pad_token_id)
+    with torch.inference_mode():
+        o = self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True, logits_to_keep=1)
+        first, cache = o.logits[:, -1].float().log_softmax(-1), cache_of(o)
+        cache.batch_select_indices(torch.tensor(owner))
+        L = max(map(len, tails))
+        x = torch.tensor([t + [self.tok.pad_token_id] * (L - len(t)) for t in tails])
+        m = torch.cat([mask[owner], torch.tensor([[1] * len(t) + [0] * (L - len(t)) for t in tails])], 1)
+        pos = torch.tensor([len(heads[h]) for h in owner])[:, None] + torch.arange(L)
+        lp = self.model(input_ids=x, attention_mask=m, position_ids=pos, **cache_kw(self.model, cache)).logits.float().log_softmax(-1)
+    rows = torch.arange(len(tails))
+    out = first[owner, x[:, 0]].double()
+    for j in range(1, L):                                 # token j of each row that has one, read at position j - 1
+        live = torch.tensor([len(t) > j for t in tails])
+        out[live] += lp[rows[live], j - 1, x[live, j]].double()
+    return out.numpy()
+
+@patch
+def continuation_logprobs(self:CausalLM, prompts:list, texts:list) -> np.ndarray:
+    "(n,): log P(text, then the end of the turn | prompt); each distinct prompt computed once, in batches."
+    heads = [self.chat_text(p) for p in prompts]
+    tails = [self.tok(t, add_special_tokens=False)['input_ids'] + [self.tok.eos_token_id] for t in texts]
+    distinct = list(dict.fromkeys(heads))
+    head_ids = dict(zip(distinct, self.tok(distinct, add_special_tokens=False)['input_ids'])) if distinct else {}
+    out = np.zeros(len(heads))
+    for chunk in batches(distinct, self.batch_size):
+        at = {h: j for j, h in enumerate(chunk)}
+        rows = [i for i, h in enumerate(heads) if h in at]
+        for part in batches(rows, min(2 * self.batch_size, 32)):   # answers per pass: their logits (rows x length x vocabulary) grow fast
+            used = list(dict.fromkeys(heads[i] for i in part))
+            out[part] = self._answers([head_ids[h] for h in used], [tails[i] for i in part], [used.index(heads[i]) for i in part])
+    return out

@@ -11,7 +11,8 @@ from .models import list_presets, load_preset
 from .settings import SETTINGS, parse_sets
 
 # %% auto #0
-__all__ = ['run_settings', 'cmd_run', 'cmd_demo', 'cmd_eval', 'cmd_submit', 'cmd_ablate', 'cmd_presets', 'parser', 'main']
+__all__ = ['run_settings', 'cmd_run', 'cmd_demo', 'cmd_eval', 'cmd_submit', 'cmd_ablate', 'cmd_serve', 'cmd_presets', 'parser',
+           'main']
 
 # %% ../nbs/10_cli.ipynb #c006
 def run_settings(args) -> dict:
@@ -83,15 +84,22 @@ def cmd_ablate(args):
     from r3covr.pipeline import ablate
     from r3covr.viz import plot_ablation
     out = _run_dir(args, 'ablate')
-    res = ablate(out, budgets=_numbers(int)(args.budgets), rerank_ks=_numbers(int)(args.ks),
-                 weights=_numbers(float)(args.weights), **run_settings(args))
+    res = ablate(out, budgets=_numbers(int)(args.budgets), rerank_ks=_numbers(int)(args.ks), weights=_numbers(float)(args.weights),
+                 modes=args.modes.split(',') if args.modes else None, route_weights=_numbers(float)(args.route_weights),
+                 **run_settings(args))
     plot = plot_ablation(res['rows'], out/'ablation.png')
     print(res['table']); print(f'\nplot: {plot}')
     return res
 
+def cmd_serve(args):
+    "Serve a preset's VLM with llama.cpp's OpenAI-compatible server until Ctrl-C (needs the `serve` extra)."
+    from r3covr.served import serve
+    serve(args.preset, args.host, args.port, args.n_ctx)
+
 def cmd_presets(args):
     "List the presets and what they are."
-    for n in list_presets(): print(f'{n:8s} {load_preset(n).get("about", "")}')
+    w = max(map(len, list_presets()))
+    for n in list_presets(): print(f'{n:{w}s}  {load_preset(n).get("about", "")}')
 
 # %% ../nbs/10_cli.ipynb #c012
 def parser() -> argparse.ArgumentParser:
@@ -112,13 +120,20 @@ def parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=doc); data_args(s); s.set_defaults(fn=fn)
     s = sub.add_parser('ablate', help='sweep rerank depth, blend weight and length budget'); data_args(s)
     s.add_argument('--budgets', default='16,32,64,128'); s.add_argument('--ks', default='5,10,20')
-    s.add_argument('--weights', default='0,0.25,0.5,0.75,1'); s.set_defaults(fn=cmd_ablate)
+    s.add_argument('--weights', default='0,0.25,0.5,0.75,1', help='blend weights of the judge')
+    s.add_argument('--modes', default='pointwise,tournament,likelihood', help='rerank modes to compare')
+    s.add_argument('--route-weights', default='0,0.5,1,2', help='weights of each fused route after the first')
+    s.set_defaults(fn=cmd_ablate)
     s = sub.add_parser('eval', help='metrics of a rankings file against labels')
     s.add_argument('rankings'); s.add_argument('--dataset', required=True); s.add_argument('--root'); s.set_defaults(fn=cmd_eval)
     s = sub.add_parser('submit', help='challenge submission JSON from a run')
     s.add_argument('--run', required=True); s.add_argument('--queries', required=True); s.add_argument('--out', required=True)
     s.add_argument('--allow-missing', action='store_true'); s.set_defaults(fn=cmd_submit)
     s = sub.add_parser('presets', help='list presets'); s.set_defaults(fn=cmd_presets)
+    s = sub.add_parser('serve', help="serve a preset's VLM over an OpenAI-compatible API (llama.cpp; the serve extra)")
+    s.add_argument('--preset', default='cpu'); s.add_argument('--host', default='127.0.0.1')
+    s.add_argument('--port', type=int, default=8080); s.add_argument('--n-ctx', type=int, default=2048, help='context length in tokens')
+    s.set_defaults(fn=cmd_serve)
     return p
 
 def main(argv=None):

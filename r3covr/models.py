@@ -83,6 +83,8 @@ class VLM:
 
     def generate(self, prompts:list, max_new_tokens:int=128) -> list: raise NotImplementedError
     def yes_no_logits(self, prompts:list) -> np.ndarray: raise NotImplementedError  # (n, 2): logit('yes'), logit('no')
+    def continuation_logprobs(self, prompts:list, texts:list) -> np.ndarray:  # (n,): log P(text, then end of turn | prompt)
+        raise NotImplementedError(f'{type(self).__name__} cannot score a given answer (rerank_mode=likelihood needs it)')
 
     def score(self, prompts:list) -> np.ndarray:
         "P(yes) against P(no) for each prompt, from next-token logits."

@@ -8,22 +8,28 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
-from .core import CoVRDataset, DataError, Video, atomic_write, markdown_table, stable_hash, write_jsonl
-from .models import Models, video_part
+from .core import CoVRDataset, ConfigError, DataError, Video, atomic_write, markdown_table, stable_hash, write_jsonl
+from .models import Models, video_part, l2norm
 from .reason import generate_raw, describe_raw, baseline_text, PROMPTS, CLEANER
 from .retrieve import Gallery, Shortlist, embed_gallery, gallery_key, retrieve as search_gallery
-from .rerank import JUDGE_VERSION, judge, reorder, reranked_rank
+from .routes import BM25, Fused, Queries, RRF, gated_blend
+from .rerank import (JUDGE_VERSION, PAIR_VERSION, LIKELIHOOD_VERSION, judge, judge_value, pair_scores, tournament,
+                           likelihood_scores, reorder, reranked_rank)
 from .metrics import rank_metrics, metrics_table
 from .runfolder import RunFolder
 from .settings import run_config, dataset_of, dataset_fingerprint
 from .core import cache_dir
 
 # %% auto #0
-__all__ = ['ROW_NAMES', 'ABLATION_COLS', 'stage_keys', 'part', 'reason', 'embed', 'search_texts', 'Retrieved', 'baseline_texts',
-           'retrieve', 'rerank', 'common_queries', 'evaluate', 'cap_texts', 'run', 'ablation_table', 'ablate']
+__all__ = ['OPERATIONAL', 'ROUTES', 'BASELINES', 'ROW_NAMES', 'ABLATION_COLS', 'stage_keys', 'part', 'reason', 'embed',
+           'search_texts', 'search_reps', 'route_texts', 'route_gallery', 'fuse', 'Retrieved', 'retrieve',
+           'needs_descriptions', 'rerank', 'row_names', 'common_queries', 'evaluate', 'cap_texts', 'run',
+           'ablation_table', 'ablate']
 
 # %% ../nbs/08_pipeline.ipynb #c012
-def _section(s:dict) -> dict: return {k: v for k, v in s.items() if k != 'batch_size'}   # batching changes no answer
+OPERATIONAL = ('batch_size', 'base_url', 'concurrency', 'timeout', 'retries', 'api_key_env')   # change how, not what
+
+def _section(s:dict) -> dict: return {k: v for k, v in s.items() if k not in OPERATIONAL}
 
 def stage_keys(cfg:dict, ds:CoVRDataset, models:Models) -> dict:
     "Cache keys of the stages for `cfg` on `ds` with `models`' weights: `generate`, `reason`, `retrieve`, `judge`."
@@ -33,8 +39,10 @@ def stage_keys(cfg:dict, ds:CoVRDataset, models:Models) -> dict:
                      PROMPTS['describe-from-trace@1']] + ([PROMPTS['reason@1']] if cfg['strategy'] == 'reason-then-describe' else []))
     r = stable_hash([g, CLEANER])
     pool = [cfg['pooling'], cfg['pool_temperature']] if cfg['pooling'] != 'mean' else []
-    s = stable_hash([r, cfg['k'], cfg['merged'], cfg['index'], stable_hash(sorted(ds.gallery))] + pool)
-    j = stable_hash([s, cfg['with_reference'], JUDGE_VERSION])
+    routes = [cfg['routes'], cfg['route_weights'], cfg['fusion'], cfg['gate']] if cfg['routes'] != ['description'] else []
+    s = stable_hash([r, cfg['k'], cfg['merged'], cfg['index'], stable_hash(sorted(ds.gallery))] + pool + routes)
+    mode = {'pointwise': [JUDGE_VERSION], 'tournament': ['tournament', PAIR_VERSION], 'likelihood': ['likelihood', LIKELIHOOD_VERSION]}
+    j = stable_hash([s, cfg['with_reference'], *mode[cfg['rerank_mode']]])
     return dict(generate=g, reason=r, retrieve=s, judge=j)
 
 # %% ../nbs/08_pipeline.ipynb #c016
@@ -72,56 +80,152 @@ def embed(cfg:dict, ds:CoVRDataset, models:Models, folder:RunFolder) -> Gallery:
 def search_texts(cfg:dict, ds:CoVRDataset, models:Models, gallery:Gallery, texts:dict) -> tuple:
     "(shortlists by id, target ranks by id) of query `texts` (by query id) over `gallery`."
     qs = [q for q in ds if q.id in texts]
+    return search_reps(cfg, ds, gallery, qs, models.encoder.embed_texts([texts[q.id] for q in qs]))
+
+def search_reps(cfg:dict, ds:CoVRDataset, gallery, qs:list, reps) -> tuple:
+    "(shortlists by id, target ranks by id) of queries `qs` represented by `reps` (vectors, or a bundle) over `gallery`."
     groups = None if cfg['merged'] else {s: {g for g in gallery.ids if ds.videos[g].source == s} for s in {q.source for q in qs}}
-    sls, ranks = search_gallery(models.encoder.embed_texts([texts[q.id] for q in qs]), qs, gallery, cfg['k'], cfg['index'], groups)
+    sls, ranks = search_gallery(reps, qs, gallery, cfg['k'], cfg['index'], groups)
     return {s.query_id: s for s in sls}, ranks
+
+# %% ../nbs/08_pipeline.ipynb #7b20c002
+ROUTES = ('description', 'direct', 'lexical', 'reference', 'edit')
+BASELINES = ('edit', 'reference', 'direct')        # the no-VLM routes, ranked alone with `baselines`
+
+def _captions(ds:CoVRDataset, ids) -> list|None:
+    "The captions of videos `ids`, or None when one has none."
+    caps = [(ds.videos.get(v) or Video(v)).caption for v in ids]
+    return caps if all(caps) else None
+
+def _reference_vectors(cfg:dict, ds:CoVRDataset, models:Models, gallery:Gallery, qs:list) -> np.ndarray:
+    "Each query's reference video as the encoder sees it: its gallery vector when it is there, else embedded now."
+    show, out = part(cfg, ds), []
+    for q in qs:
+        j = gallery.pos.get(q.reference)
+        out.append(gallery.emb[j] if j is not None and gallery.emb.ndim == 2 else models.encoder.embed_videos([show(q.reference)])[0])
+    return l2norm(np.stack(out)) if out else np.zeros((0, 0), np.float32)
+
+def route_texts(route:str, qs:list, ds:CoVRDataset, descriptions:dict, view:str='caption') -> list|None:
+    "The query text of each query for a text route; None when the route is not text in this view (or lacks captions)."
+    if route == 'description': return [descriptions[q.id]['description'] for q in qs]
+    if route == 'edit': return [baseline_text(q, None, 'edit-only') for q in qs]
+    caps = _captions(ds, [q.reference for q in qs])
+    if caps is None or (view == 'frames' and route != 'lexical'): return None   # frames: the reference is a video
+    if route == 'reference': return caps
+    if route in ('direct', 'lexical'): return [baseline_text(q, c, 'caption+edit') for q, c in zip(qs, caps)]
+
+# %% ../nbs/08_pipeline.ipynb #7b20c003
+def route_gallery(route:str, cfg:dict, ds:CoVRDataset, models:Models, gallery:Gallery, qs:list, descriptions:dict) -> tuple:
+    "(gallery to search, query representations) of `route` for queries `qs`; `ConfigError` when the view cannot give it."
+    texts = route_texts(route, qs, ds, descriptions, cfg['view'])
+    if route == 'lexical':
+        docs = _captions(ds, gallery.ids)
+        if docs is None or texts is None:
+            raise ConfigError('route lexical needs a caption for every reference and gallery video (the caption view, '
+                              'or a dataset that ships captions)')
+        bm = BM25.build(docs)
+        lex = Fused(gallery.ids, {'lexical': (bm, 1.)})
+        return lex, lex.prepare(Queries({'lexical': [bm.query(t) for t in texts]}))
+    if texts is not None: return gallery, models.encoder.embed_texts(texts)
+    if route == 'direct' and cfg['view'] == 'frames':
+        e = models.encoder.embed_texts([q.edit for q in qs])
+        return gallery, l2norm(_reference_vectors(cfg, ds, models, gallery, qs) + e)
+    if route == 'reference' and cfg['view'] == 'frames': return gallery, _reference_vectors(cfg, ds, models, gallery, qs)
+    raise ConfigError(f'route {route}: this dataset has no captions to build it from')
+
+# %% ../nbs/08_pipeline.ipynb #7b20c005
+def fuse(cfg:dict, gallery:Gallery, parts:dict) -> tuple:
+    "(gallery, query representations) fusing `parts` ({route: (gallery, reps)}) as `cfg['fusion']` says."
+    w = {r: cfg['route_weights'].get(r, 1.) for r in parts}
+    if cfg['fusion'] == 'gated':
+        (b, (_, base)), (r, (_, reason)) = list(parts.items())[:2]
+        if not isinstance(base, np.ndarray) or not isinstance(reason, np.ndarray):
+            raise ConfigError(f'fusion=gated blends two dense routes; {b} + {r} are not both dense')
+        return gallery, gated_blend(base, reason, w[r] / (w[b] + w[r]), cfg['gate'])[0]
+    scorers, reps = {}, {}
+    for r, (g, rep) in parts.items():
+        if isinstance(g, Fused): scorers[r], reps[r] = g.routes[r][0], rep.reps[r]
+        else: scorers[r], reps[r] = g, rep
+    fused = Fused(gallery.ids, {r: (s, w[r]) for r, s in scorers.items()})
+    if cfg['fusion'] == 'rrf': fused = RRF(fused, cfg['k'])
+    return fused, fused.prepare(Queries(reps))
 
 # %% ../nbs/08_pipeline.ipynb #c027
 @dataclass(frozen=True)
 class Retrieved:
-    "What the retrieve stage returns: the description route's shortlists, and target ranks by table row."
+    "What the retrieve stage returns: the shortlists the reranker sees, target ranks by row, and which row made the shortlists."
     shortlists: dict
     ranks: dict
-
-def baseline_texts(ds:CoVRDataset) -> dict:
-    "Query texts of the no-VLM baselines by row: the edit alone, and (when every reference has a caption) caption + edit."
-    rows = {'edit-only': {q.id: baseline_text(q, None, 'edit-only') for q in ds}}
-    caps = {q.id: (ds.videos.get(q.reference) or Video(q.reference)).caption for q in ds}
-    if all(caps.values()): rows['caption+edit'] = {q.id: baseline_text(q, caps[q.id], 'caption+edit') for q in ds}
-    return rows
+    shortlist_row: str
 
 def retrieve(cfg:dict, ds:CoVRDataset, models:Models, folder:RunFolder, descriptions:dict) -> Retrieved:
-    "Stage 2: shortlists of the descriptions (saved in `folder`), and the target ranks of every retrieval row."
+    "Stage 2: every route's shortlists and target ranks, their fusion; the fused shortlists saved in `folder`."
     gallery = embed(cfg, ds, models, folder)
     folder.record_errors('retrieve', [(q.id, f'target {q.target!r} is not in the gallery: the query cannot be scored')
                                       for q in ds if q.target is not None and q.target not in gallery.pos])
-    ranks = {row: search_texts(cfg, ds, models, gallery, texts)[1] for row, texts in baseline_texts(ds).items()} if cfg['baselines'] else {}
-    sls, ranks['R3 retrieve'] = search_texts(cfg, ds, models, gallery, {i: r['description'] for i, r in descriptions.items()})
-    folder.write('shortlists', [{**s.as_dict(), 'target_rank': ranks['R3 retrieve'].get(i)} for i, s in sls.items()],
+    qs = [q for q in ds if q.id in descriptions or 'description' not in cfg['routes']]
+    can = lambda r: route_texts(r, qs, ds, descriptions, cfg['view']) is not None or cfg['view'] == 'frames'
+    extra = [r for r in BASELINES if cfg['baselines'] and r not in cfg['routes'] and can(r)]
+    parts, ranks, sls = {}, {}, {}
+    for r in [*cfg['routes'], *extra]:
+        parts[r] = route_gallery(r, cfg, ds, models, gallery, qs, descriptions)
+        sls[r], ranks[r] = search_reps(cfg, ds, parts[r][0], qs, parts[r][1])
+    row = cfg['routes'][0]
+    if len(cfg['routes']) > 1:
+        row = 'fusion'
+        fg, reps = fuse(cfg, gallery, {r: parts[r] for r in cfg['routes']})
+        sls[row], ranks[row] = search_reps(cfg, ds, fg, qs, reps)
+    folder.write('shortlists', [{**s.as_dict(), 'target_rank': ranks[row].get(i)} for i, s in sls[row].items()],
                  stage_keys(cfg, ds, models)['retrieve'])
-    return Retrieved(sls, ranks)
+    return Retrieved(sls[row], ranks, row)
 
 # %% ../nbs/08_pipeline.ipynb #c031
-def rerank(cfg:dict, ds:CoVRDataset, models:Models, folder:RunFolder, descriptions:dict, shortlists:dict,
-           retrieval_ranks:dict) -> tuple:
-    "Stage 3: (reranked shortlists by id, target ranks by id); P(yes) of the top `rerank_k` cached in `folder`."
-    k, show = cfg['rerank_k'], part(cfg, ds)
+def needs_descriptions(cfg:dict) -> bool:
+    "Whether a run needs the reason stage: the description route, or a judge whose question holds the description."
+    return 'description' in cfg['routes'] or (cfg['rerank'] and cfg['rerank_mode'] != 'likelihood')
+
+def _expected(q, descriptions:dict) -> str:
+    "What the judge is told the target looks like: the description, else the edit."
+    return descriptions[q.id]['description'] if q.id in descriptions else q.edit
+
+def _judgements(cfg:dict, ds:CoVRDataset, models:Models, folder:RunFolder, descriptions:dict, shortlists:dict) -> dict:
+    "The VLM's judgements of each query's top `rerank_k`, in the run's `rerank_mode` (cached and resumed in `folder`)."
+    k, show, mode = cfg['rerank_k'], part(cfg, ds), cfg['rerank_mode']
     def work(batch):
-        js = judge(batch, [descriptions[q.id]['description'] for q in batch], [shortlists[q.id] for q in batch],
-                   show, models.vlm, k, cfg['with_reference'])
-        return [dict(id=q.id, ids=list(shortlists[q.id].ids[:len(j)]), p_yes=j) for q, j in zip(batch, js)]
+        sl, ex = [shortlists[q.id] for q in batch], [_expected(q, descriptions) for q in batch]
+        if mode == 'pointwise': got = judge(batch, ex, sl, show, models.vlm, k, cfg['with_reference'])
+        elif mode == 'tournament': got = pair_scores(batch, ex, sl, show, models.vlm, k, cfg['with_reference'])
+        else: got = likelihood_scores(batch, sl, show, models.vlm, k, caption=lambda v: (ds.videos.get(v) or Video(v)).caption)
+        return [dict(id=q.id, ids=list(s.ids[:len(g)]), scores=g) for q, s, g in zip(batch, sl, got)]
     deep = lambda rec, q: len(rec['ids']) >= min(k, len(shortlists[q.id].ids))
-    qs = [q for q in ds if q.id in shortlists and q.id in descriptions]
-    judged = folder.resume('judge', stage_keys(cfg, ds, models)['judge'], qs, work, max(1, cfg['batch_size'] // 2),
-                           'rerank', done=deep)
-    final = {i: reorder(s, judged[i]['p_yes'][:k], cfg['weight']) if i in judged else s for i, s in shortlists.items()}
-    ranks = {q.id: reranked_rank(final[q.id], min(k, len(judged[q.id]['ids'])), q.target, retrieval_ranks[q.id])
-             for q in qs if q.id in judged and q.id in retrieval_ranks}
+    qs = [q for q in ds if q.id in shortlists]
+    return folder.resume('judge', stage_keys(cfg, ds, models)['judge'], qs, work, max(1, cfg['batch_size'] // 2), 'rerank', done=deep)
+
+def rerank(cfg:dict, ds:CoVRDataset, models:Models, folder:RunFolder, descriptions:dict, found:Retrieved) -> tuple:
+    "Stage 3: (reranked shortlists by id, target ranks by id) of the shortlists `retrieve` found."
+    k, sls, before = cfg['rerank_k'], found.shortlists, found.ranks[found.shortlist_row]
+    judged = _judgements(cfg, ds, models, folder, descriptions, sls)
+    def one(i, s):
+        if i not in judged: return s
+        j = judged[i]['scores']
+        if cfg['rerank_mode'] == 'tournament': return tournament(s, [row[:k] for row in j[:k]], cfg['margin'])
+        return reorder(s, judge_value(j[:k], cfg['judge_score']) if cfg['rerank_mode'] == 'pointwise' else j[:k], cfg['weight'])
+    final = {i: one(i, s) for i, s in sls.items()}
+    ranks = {q.id: reranked_rank(final[q.id], min(k, len(judged[q.id]['ids'])), q.target, before[q.id])
+             for q in ds if q.id in judged and q.id in before}
     return final, ranks
 
 # %% ../nbs/08_pipeline.ipynb #c035
-ROW_NAMES = {'edit-only': 'edit only (no VLM)', 'caption+edit': 'reference caption + edit (no VLM)',
-             'R3 retrieve': 'R3: reason -> retrieve', 'R3 rerank': 'R3: reason -> retrieve -> rerank'}
+ROW_NAMES = {'edit': 'edit only (no VLM)', 'reference': 'reference only (no VLM)',
+             'direct': 'direct: reference + edit (no VLM)', 'lexical': 'lexical: BM25 of reference + edit (no VLM)',
+             'description': 'R3: reason -> retrieve (description)'}
+
+def row_names(cfg:dict, keys) -> dict:
+    "Display names of table rows: the routes', the fusion's and the reranked row's (which say what they combine)."
+    fused = f"fusion ({cfg['fusion']}): {' + '.join(cfg['routes'])}"
+    shortlist = fused if len(cfg['routes']) > 1 else ROW_NAMES.get(cfg['routes'][0], cfg['routes'][0])
+    extra = dict(fusion=fused, rerank=f"{shortlist} -> rerank ({cfg['rerank_mode']})")
+    return {k: {**ROW_NAMES, **extra}.get(k, k) for k in keys}
 
 def common_queries(ranks:dict) -> list:
     "Ids of the queries every non-empty row of `ranks` scored."
@@ -134,22 +238,23 @@ def _lengths(descriptions:dict) -> dict:
     return dict(budget=d[0].get('budget') if d else None, mean_tokens_raw=mean('tokens_raw'), mean_tokens=mean('tokens'),
                 overflow_share=mean('overflow'))
 
-def evaluate(cfg:dict, ds:CoVRDataset, folder:RunFolder, ranks:dict, descriptions:dict|None=None,
+def evaluate(cfg:dict, ds:CoVRDataset, folder:RunFolder, ranks:dict, shortlist_row:str, descriptions:dict|None=None,
              seconds:dict|None=None) -> dict:
     "Stage 4: metrics of every row on the common queries; writes ranks.json, metrics.json and table.md."
-    common = common_queries(ranks)
-    rows = {ROW_NAMES.get(k, k): rank_metrics([r[i] for i in common]) for k, r in ranks.items() if r}
-    final = 'R3 rerank' if cfg['rerank'] and 'R3 rerank' in ranks else 'R3 retrieve'
+    common, names = common_queries(ranks), row_names(cfg, ranks)
+    rows = {names[k]: rank_metrics([r[i] for i in common]) for k, r in ranks.items() if r}
+    final = 'rerank' if cfg['rerank'] and 'rerank' in ranks else shortlist_row
     errors = folder.errors()
     out = dict(n_queries=len(ds), n_scored=len(common), n_skipped_at_load=len(ds.skipped),
                n_errors=sum(e['stage'] not in ('load', 'cut') for e in errors), n_cut=sum(e['stage'] == 'cut' for e in errors),
-               final=ROW_NAMES[final],
-               metrics=rows, seconds={k: round(v, 2) for k, v in (seconds or {}).items()},
+               final=names[final], final_row=final, shortlist_row=shortlist_row, rows=names, metrics=rows,
+               seconds={k: round(v, 2) for k, v in (seconds or {}).items()},
                length=_lengths(descriptions or {}), keys=(folder.read('config') or {}).get('keys'))
     folder.write('ranks', ranks)
     folder.write('metrics', out)
     table = metrics_table(rows)
-    folder.write('table', f'{ds.name}, preset {cfg["preset"]}: {len(common)} of {len(ds)} queries scored\n\n{table}\n')
+    folder.write('table', f'{ds.name}, preset {cfg["preset"]}: {len(common)} of {len(ds)} queries scored; '
+                          f'the full method: {names[final]}\n\n{table}\n')
     return {**out, 'table': table}
 
 # %% ../nbs/08_pipeline.ipynb #9c1e0a02
@@ -185,14 +290,13 @@ def run(folder, ds:CoVRDataset|None=None, models:Models|None=None, **settings) -
         t, times = time.time(), {}
         def lap(name):
             nonlocal t; times[name] = time.time() - t; t = time.time()
-        desc = reason(cfg, ds, models, folder); lap('reason')
+        desc = reason(cfg, ds, models, folder) if needs_descriptions(cfg) else {}; lap('reason')
         found = retrieve(cfg, ds, models, folder, desc); lap('retrieve')
         final, ranks = found.shortlists, dict(found.ranks)
-        if cfg['rerank']:
-            final, ranks['R3 rerank'] = rerank(cfg, ds, models, folder, desc, found.shortlists, found.ranks['R3 retrieve']); lap('rerank')
-        folder.write('rankings', [dict(id=i, ids=list(s.ids), scores=list(s.scores), trace=desc[i]['trace'],
-                                       description=desc[i]['description']) for i, s in final.items()])
-        return {**evaluate(cfg, ds, folder, ranks, desc, times), 'folder': str(folder.dir)}
+        if cfg['rerank']: final, ranks['rerank'] = rerank(cfg, ds, models, folder, desc, found); lap('rerank')
+        folder.write('rankings', [dict(id=i, ids=list(s.ids), scores=list(s.scores), trace=desc.get(i, {}).get('trace', ''),
+                                       description=desc.get(i, {}).get('description', '')) for i, s in final.items()])
+        return {**evaluate(cfg, ds, folder, ranks, found.shortlist_row, desc, times), 'folder': str(folder.dir)}
 
 # %% ../nbs/08_pipeline.ipynb #c043
 ABLATION_COLS = ('R@1', 'R@5', 'R@10', 'R_mean')
@@ -201,24 +305,34 @@ def ablation_table(rows:list):
     "A markdown table of ablation rows."
     return markdown_table(['setting', 'value', *ABLATION_COLS], [[r['setting'], r['value'], *(f'{r[c]:.1f}' for c in ABLATION_COLS)] for r in rows])
 
-def ablate(folder, budgets:list|None=None, rerank_ks:list|None=None, weights:list|None=None, **settings) -> dict:
-    "Rows of R@K over rerank on/off, judged depth K, blend weight and length budget, and their table (ablation.md)."
-    folder, ks, ws = Path(folder), sorted(rerank_ks or [5, 10, 20]), weights or [0, 0.25, 0.5, 0.75, 1]
+def ablate(folder, budgets:list|None=None, rerank_ks:list|None=None, weights:list|None=None, modes:list|None=None,
+           route_weights:list|None=None, **settings) -> dict:
+    "Rows of R@K over routes, route weights, rerank on/off and mode, judged depth K, blend weight and length budget; a table."
+    folder, ks, ws = Path(folder), sorted(rerank_ks or [5, 10, 20]), weights if weights is not None else [0, 0.25, 0.5, 0.75, 1]
     cfg = run_config(**{**settings, 'rerank_k': max(ks), 'rerank': True})
     ds, models, base = dataset_of(cfg), Models(cfg), RunFolder(folder/'base')
     res = run(base.dir, ds, models, **cfg)
     ranks = base.read('ranks'); common = common_queries(ranks)
-    row = lambda setting, value, rk: dict(setting=setting, value=value, **{c: rank_metrics([rk[i] for i in common], ci=False)[c] for c in ABLATION_COLS})
-    desc = reason(cfg, ds, models, base)
-    sls = {i: Shortlist(i, tuple(r['ids']), tuple(r['scores'])) for i, r in base.records('shortlists', stage_keys(cfg, ds, models)['retrieve']).items()}
-    again = lambda **over: rerank({**cfg, **over}, ds, models, base, desc, sls, ranks['R3 retrieve'])[1]
-    rows = [row('rerank', 'off', ranks['R3 retrieve']), row('rerank', 'on', ranks['R3 rerank'])]
+    row = lambda setting, value, rk: dict(setting=setting, value=value, **{c: rank_metrics([rk.get(i, np.inf) for i in common], ci=False)[c] for c in ABLATION_COLS})
+    wants = needs_descriptions(cfg) or any(needs_descriptions({**cfg, 'rerank_mode': m}) for m in modes or [])
+    desc = reason(cfg, ds, models, base) if wants else {}     # a judge mode compared below may ask for them
+    found = Retrieved({i: Shortlist(i, tuple(r['ids']), tuple(r['scores'])) for i, r in
+                       base.records('shortlists', stage_keys(cfg, ds, models)['retrieve']).items()}, ranks, res['shortlist_row'])
+    again = lambda **over: rerank(run_config(**{**cfg, **over}), ds, models, base, desc, found)[1]
+    rows = [row('route', r, ranks[r]) for r in ranks if r not in ('fusion', 'rerank')]
+    rows += [row('route', 'fusion', ranks['fusion'])] if 'fusion' in ranks else []
+    for r in cfg['routes'][1:]:
+        for w in route_weights or []:
+            c = run_config(**{**cfg, 'route_weights': {**cfg['route_weights'], r: w}})
+            rows.append(row(f'weight of {r}', w, retrieve(c, ds, models, RunFolder(folder/f'weight-{r}-{w}'), desc).ranks['fusion']))
+    rows += [row('rerank', 'off', ranks[res['shortlist_row']]), row('rerank', 'on', ranks['rerank'])]
+    rows += [row('rerank mode', m, ranks['rerank'] if m == cfg['rerank_mode'] else again(rerank_mode=m)) for m in modes or []]
     rows += [row('rerank K', k, again(rerank_k=k)) for k in ks]
     rows += [row('blend weight', w, again(weight=w)) for w in ws]
-    for b in budgets or []:
+    for b in (budgets or []) if 'description' in cfg['routes'] else []:
         cb = run_config(**{**cfg, 'budget': b, 'rerank': False, 'baselines': False})
         f = RunFolder(folder/f'budget-{b}'); f.start({**cb, 'keys': stage_keys(cb, ds, models)})
-        rows.append(row('length budget', b, retrieve(cb, ds, models, f, reason(cb, ds, models, f)).ranks['R3 retrieve']))
+        rows.append(row('length budget', b, retrieve(cb, ds, models, f, reason(cb, ds, models, f)).ranks['description']))
     table = ablation_table(rows)
     write_jsonl(folder/'ablation.jsonl', rows); atomic_write(folder/'ablation.md', table + '\n')
     return dict(rows=rows, table=table, base=res)

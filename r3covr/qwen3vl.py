@@ -13,7 +13,8 @@ from .models import VLM, Chat, VideoPart, resolve_weights, batches, answer_token
 from .video import Frames
 
 # %% auto #0
-__all__ = ['CONTROL_TOKENS', 'TWIN_TEMPLATE', 'TWIN_VERSION', 'chat_messages', 'video_metadata', 'build_twin', 'Qwen3VL']
+__all__ = ['CONTROL_TOKENS', 'TWIN_TEMPLATE', 'TWIN_VERSION', 'chat_messages', 'video_metadata', 'build_twin', 'Qwen3VL',
+           'common_prefix', 'prefix_runs', 'cache_kw', 'cache_of', 'prefix_scored']
 
 # %% ../nbs/03a_qwen3vl.ipynb #c006
 def _plain(text:str) -> str:
@@ -144,11 +145,12 @@ class Qwen3VL(VLM):
     view = 'frames'
     def __init__(self, model:str='Qwen/Qwen3-VL-8B-Instruct', # hub id, local folder, or `local-dir:PATH`
                  batch_size:int=4, # prompts per forward pass
-                 device:str|None=None, dtype:str|None=None, attn_implementation:str|None=None):
+                 device:str|None=None, dtype:str|None=None, attn_implementation:str|None=None,
+                 share_prefix:bool=True): # judge prompts that share a prefix compute it once (see `prefix_scored`)
         self.weights = resolve_weights(model)   # fails at once, naming the model, when the weights are not here
         path = self.weights.locator
         from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
-        self.name, self.batch_size = model, batch_size
+        self.name, self.batch_size, self.share_prefix = model, batch_size, share_prefix
         self.device, self.dtype, attn = _device_dtype(device, dtype)
         self.processor = AutoProcessor.from_pretrained(path)
         self.processor.tokenizer.padding_side = 'left'
@@ -187,17 +189,135 @@ def generate(self:Qwen3VL, prompts:list, max_new_tokens:int=128) -> list:
         out += [t.strip() for t in self.processor.batch_decode(ids[:, enc['input_ids'].shape[1]:], skip_special_tokens=True)]
     return out
 
+# %% ../nbs/03a_qwen3vl.ipynb #7e97de28
+def common_prefix(a, b) -> int:
+    "How many leading items the sequences `a` and `b` share."
+    n = min(len(a), len(b))
+    diff = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
+    return int(diff[0]) if len(diff) else n
+
+def prefix_runs(seqs:list, # token sequences, in order
+                overhead:int=32, # tokens' worth of work one more forward pass costs
+                max_run:int=64) -> list:
+    "Consecutive runs (start, stop, shared) of `seqs` whose first `shared` tokens are computed once (0: scored alone), split to compute fewest tokens."
+    n, lens = len(seqs), [len(s) for s in seqs]
+    lcp = [common_prefix(seqs[i], seqs[i + 1]) for i in range(n - 1)]
+    best, back = [0] + [float('inf')] * n, [None] * (n + 1)
+    for stop in range(1, n + 1):                                   # best[stop]: cheapest split of seqs[:stop]
+        shared, longest = lens[stop - 1] - 1, lens[stop - 1]
+        for start in range(stop - 1, max(stop - max_run, 0) - 1, -1):
+            if start < stop - 1: shared, longest = min(shared, lcp[start], lens[start] - 1), max(longest, lens[start])
+            cost = lens[start] if start == stop - 1 else overhead + shared + (stop - start) * (longest - shared)
+            if best[start] + cost < best[stop]: best[stop], back[stop] = best[start] + cost, (start, shared * (start < stop - 1))
+    runs, stop = [], n
+    while stop: runs.append((back[stop][0], stop, back[stop][1])); stop = back[stop][0]
+    return runs[::-1]
+
+# %% ../nbs/03a_qwen3vl.ipynb #a3d04055
+def cache_kw(model, cache) -> dict:
+    "`cache` as the keyword `model.forward` takes: `cache` (transformers 5) or `past_key_values` (4.x)."
+    import inspect
+    return {'cache' if 'cache' in inspect.signature(model.forward).parameters else 'past_key_values': cache}
+
+def cache_of(out):
+    "The KV cache a forward pass returned (None without one)."
+    return next((out[k] for k in ('cache', 'past_key_values') if k in out.keys()), None)
+
+def prefix_scored(items:list, keys:list, run, batch_size:int, share:bool=True) -> np.ndarray:
+    "(n, 2) yes/no logits of `items` via `run(items, start, stop, cache) -> (logits, cache)`, each shared prefix computed once."
+    import copy
+    runs = prefix_runs(keys) if share else [(i, i + 1, 0) for i in range(len(items))]
+    out = np.zeros((len(items), 2), np.float32)
+    for b in batches([i for a, z, s in runs if not s for i in range(a, z)], batch_size): out[b] = run([items[i] for i in b])[0]
+    for a, z, s in runs:
+        if not s: continue
+        prefix = run([items[a]], 0, s)[1]
+        longest, tail = max(len(k) for k in keys[a:z]), max(len(k) - s for k in keys[a:z])
+        for rows in batches(range(a, z), max(1, batch_size * longest // tail)):
+            cache = copy.deepcopy(prefix) if len(rows) < z - a else prefix
+            cache.batch_repeat_interleave(len(rows))
+            out[rows] = run([items[i] for i in rows], s, None, cache)[0]
+    return out
+
 # %% ../nbs/03a_qwen3vl.ipynb #c040
+@patch
+def _items(self:Qwen3VL, prompts:list) -> tuple:
+    "Each prompt encoded alone (tokens, 3-D positions, videos: token span, grid, patches), and its token keys."
+    import torch
+    items, keys, seen = [], [], {}
+    vid, merge = self.model.config.video_token_id, self.model.config.vision_config.spatial_merge_size
+    for c in prompts:
+        enc, frames = self._encode([c]), chat_messages(c)[1]
+        ids, grids = enc['input_ids'][0], enc.get('video_grid_thw')
+        pos = self.model.model.get_rope_index(enc['input_ids'], enc['mm_token_type_ids'], video_grid_thw=grids)[0][:, 0]
+        where, key, videos = (ids == vid).nonzero()[:, 0].tolist(), ids.cpu().numpy().copy(), []
+        n_tok = [int(g.prod()) // merge**2 for g in grids] if frames else []
+        for j, f in enumerate(frames):
+            span = where[sum(n_tok[:j]):sum(n_tok[:j + 1])]
+            key[span] = -1 - seen.setdefault(id(f), len(seen))        # one number per distinct Frames object
+            px = int(grids[:j].prod(-1).sum())
+            videos.append(dict(start=span[0], stop=span[-1] + 1, grid=grids[j],
+                               pixels=enc['pixel_values_videos'][px:px + int(grids[j].prod())]))
+        items.append(dict(ids=ids, pos=pos, videos=videos)); keys.append(key)
+    return items, keys
+
+@patch
+def _run(self:Qwen3VL, items:list, start:int=0, stop:int|None=None, cache=None) -> tuple:
+    "(yes/no logits after tokens [start, stop) of each item, cache): one left-padded pass continuing `cache`."
+    import torch
+    stops = [stop or len(it['ids']) for it in items]
+    m, L, dev = len(items), max(stops) - start, self.device
+    ids = torch.full((m, L), self.processor.tokenizer.pad_token_id, dtype=torch.long, device=dev)
+    mask, pos = torch.zeros_like(ids), torch.zeros((3, m, L), dtype=torch.long, device=dev)
+    px, grids = [], []
+    for r, (it, e) in enumerate(zip(items, stops)):
+        ids[r, L-(e-start):], mask[r, L-(e-start):], pos[:, r, L-(e-start):] = it['ids'][start:e], 1, it['pos'][:, start:e]
+        for v in it['videos']:
+            if start <= v['start'] and v['stop'] <= e: px.append(v['pixels']); grids.append(v['grid'])
+            elif v['start'] < e and v['stop'] > start: raise R3Error(f'tokens [{start}, {e}) cut a video in two')
+    kw = dict(pixel_values_videos=torch.cat(px), video_grid_thw=torch.stack(grids)) if px else {}
+    if cache is not None: mask = torch.cat([mask.new_ones(m, start), mask], 1); kw.update(cache_kw(self.model, cache))
+    with torch.inference_mode():
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1,
+                         use_cache=stop is not None or cache is not None, **kw)
+    last = out.logits[:, -1].float()
+    yn = torch.stack([last[:, self.yes_ids].logsumexp(-1), last[:, self.no_ids].logsumexp(-1)], -1).cpu().numpy()
+    return yn, cache_of(out)
+
 @patch
 def yes_no_logits(self:Qwen3VL, prompts:list) -> np.ndarray:
     "(n, 2): log-sum-exp of next-token logits over the 'yes' spellings and over the 'no' spellings."
-    import torch
-    out = []
-    for b in batches(prompts, self.batch_size):
-        enc = self._encode(b)
-        pos, _ = self.model.model.get_rope_index(enc['input_ids'], enc['mm_token_type_ids'], attention_mask=enc['attention_mask'],
-                                                 video_grid_thw=enc.get('video_grid_thw'))
+    items, keys = self._items(prompts)
+    return prefix_scored(items, keys, self._run, self.batch_size, self.share_prefix)
+
+# %% ../nbs/03a_qwen3vl.ipynb #3a11c002
+@patch
+def continuation_logprobs(self:Qwen3VL, prompts:list, texts:list) -> np.ndarray:
+    "(n,): log P(text, then the end of the turn | prompt), each run of the same prompt object computed once."
+    import copy, torch
+    tok = self.processor.tokenizer
+    end = tok.convert_tokens_to_ids('<|im_end|>')
+    tails = [tok(t, add_special_tokens=False)['input_ids'] + [end] for t in texts]
+    out, a = np.zeros(len(prompts)), 0
+    while a < len(prompts):
+        z = a + 1
+        while z < len(prompts) and prompts[z] is prompts[a]: z += 1
+        it, dev = self._items([prompts[a]])[0][0], self.device
+        kw = dict(pixel_values_videos=torch.cat([v['pixels'] for v in it['videos']]).to(dev),
+                  video_grid_thw=torch.stack([v['grid'] for v in it['videos']]).to(dev)) if it['videos'] else {}
+        P, nxt = len(it['ids']), int(it['pos'].max()) + 1
         with torch.inference_mode():
-            last = self.model(**enc, position_ids=pos, logits_to_keep=1).logits[:, -1].float()
-        out.append(torch.stack([last[:, self.yes_ids].logsumexp(-1), last[:, self.no_ids].logsumexp(-1)], -1).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 2), np.float32)
+            o = self.model(input_ids=it['ids'][None].to(dev), position_ids=it['pos'][:, None].to(dev), use_cache=True, logits_to_keep=1, **kw)
+            first, prefix = o.logits[0, -1].float().log_softmax(-1).cpu(), cache_of(o)
+            for rows in batches(range(a, z), max(1, self.batch_size * P // max(len(tails[i]) for i in range(a, z)))):
+                t = [tails[i] for i in rows]; m, L = len(t), max(map(len, t))
+                ids = torch.tensor([x + [tok.pad_token_id] * (L - len(x)) for x in t], device=dev)
+                mask = torch.tensor([[1] * (P + len(x)) + [0] * (L - len(x)) for x in t], device=dev)
+                cache = copy.deepcopy(prefix) if len(rows) < z - a else prefix
+                cache.batch_repeat_interleave(m)
+                pos = (nxt + torch.arange(L, device=dev)).expand(3, m, L)
+                lp = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, **cache_kw(self.model, cache)).logits.float().log_softmax(-1).cpu()
+                for r, (i, x) in enumerate(zip(rows, t)):
+                    out[i] = float(first[x[0]]) + float(lp[r, torch.arange(len(x) - 1), torch.tensor(x[1:])].sum())
+        a = z
+    return out

@@ -5,12 +5,14 @@
 # %% ../nbs/06_rerank.ipynb #c003
 from __future__ import annotations
 import numpy as np
-from .core import Query
+from .core import Query, R3Error
 from .models import Chat, VideoPart, VLM
 from .retrieve import Shortlist
 
 # %% auto #0
-__all__ = ['JUDGE_VERSION', 'JUDGE_SYSTEM', 'judge_prompt', 'minmax', 'blend', 'judge', 'reorder', 'reranked_rank']
+__all__ = ['JUDGE_VERSION', 'JUDGE_SYSTEM', 'RERANK_MODES', 'JUDGE_SCORES', 'PAIR_VERSION', 'PAIR_SYSTEM', 'LIKELIHOOD_VERSION',
+           'judge_prompt', 'minmax', 'blend', 'judge', 'reorder', 'reranked_rank', 'judge_value', 'pair_prompt',
+           'preference', 'tournament', 'pair_scores', 'likelihood_prompts', 'likelihood_scores']
 
 # %% ../nbs/06_rerank.ipynb #c006
 JUDGE_VERSION = 'judge@2'   # bump when the wording below changes: cached judge scores are keyed by it
@@ -60,3 +62,84 @@ def reranked_rank(reranked:Shortlist, n_judged:int, target:str, retrieval_rank:i
     "The target's 0-based rank after reranking: its new place among the `n_judged` top candidates, else its retrieval rank."
     top = reranked.ids[:n_judged]
     return top.index(target) if target in top else retrieval_rank
+
+# %% ../nbs/06_rerank.ipynb #6d00a00b
+RERANK_MODES = ('pointwise', 'tournament', 'likelihood')
+
+# %% ../nbs/06_rerank.ipynb #6d00a002
+JUDGE_SCORES = ('p_yes', 'logit')
+
+def judge_value(p_yes, kind:str='p_yes') -> np.ndarray:
+    "The judge's score of each candidate from its P(yes): the probability, or the log-odds logit(yes) - logit(no)."
+    p = np.clip(np.asarray(p_yes, dtype=np.float64), 1e-12, 1 - 1e-12)
+    if kind not in JUDGE_SCORES: raise ValueError(f'judge score {kind!r}: one of {JUDGE_SCORES}')
+    return p if kind == 'p_yes' else np.log(p) - np.log1p(-p)
+
+# %% ../nbs/06_rerank.ipynb #6d00a005
+PAIR_VERSION = 'pair@1'   # bump when the wording below changes: cached pair judgements are keyed by it
+PAIR_SYSTEM = 'You compare two videos with a requested change. Answer with yes or no.'
+
+def pair_prompt(edit:str, description:str, a:VideoPart, b:VideoPart, reference:VideoPart|None=None) -> Chat:
+    "Is candidate A a better match for the edited reference than candidate B? (A and B last, so pairs share their start.)"
+    ref = ('\nReference video: ', reference, f'\nRequested change to it: {edit}') if reference is not None else \
+          (f'\nRequested change to the reference video: {edit}',)
+    return Chat(('Does candidate A show the expected video better than candidate B does, with every requested change '
+                 'made and nothing else changed? Answer yes or no.', *ref, f'\nExpected video: {description}\nCandidate A: ',
+                 a, '\nCandidate B: ', b), system=PAIR_SYSTEM)
+
+def preference(pairs, c:int, l:int) -> float:
+    "Candidate c's preference over candidate l from `pairs[a][b]` = P(yes | A = a, B = b), both orders averaged."
+    return (pairs[c][l] + 1 - pairs[l][c]) / 2 - 0.5
+
+def tournament(shortlist:Shortlist, pairs, margin:float=0.2) -> Shortlist:
+    "The shortlist with a new leader: each of the top K in turn replaces the leader when its preference exceeds `margin`."
+    lead = 0
+    for c in range(1, min(len(pairs), len(shortlist.ids))):
+        if preference(pairs, c, lead) > margin: lead = c
+    if lead == 0: return shortlist
+    order = [lead] + [i for i in range(len(shortlist.ids)) if i != lead]
+    return Shortlist(shortlist.query_id, tuple(shortlist.ids[i] for i in order), tuple(shortlist.scores[i] for i in order))
+
+def pair_scores(queries:list, descriptions:list, shortlists:list, part, vlm:VLM, k:int=4, with_reference:bool=False) -> list:
+    "For each shortlist, the K x K matrix of P(yes | A = a, B = b) over its top `k` (the diagonal None)."
+    prompts, sizes = [], []
+    for q, d, s in zip(queries, descriptions, shortlists):
+        ids, ref = s.ids[:k], (part(q.reference) if with_reference else None)
+        prompts += [pair_prompt(q.edit, d, part(a), part(b), ref) for a in ids for b in ids if a != b]; sizes.append(len(ids))
+    p, out, s = (np.asarray(vlm.score(prompts)) if prompts else np.zeros(0)), [], 0
+    for n in sizes:
+        m = [[None] * n for _ in range(n)]
+        for a in range(n):
+            for b in range(n):
+                if a != b: m[a][b] = float(p[s]); s += 1
+        out.append(m)
+    return out
+
+# %% ../nbs/06_rerank.ipynb #6d00a010
+from .reason import PROMPTS
+
+LIKELIHOOD_VERSION = 'likelihood@1'   # bump when the prompts below change: cached scores are keyed by it
+
+def likelihood_prompts(edit:str, reference:VideoPart) -> tuple:
+    "(with the edit, without it): the reasoning prompt whose answers the candidates' captions are scored as."
+    rewrite = PROMPTS['rewrite-caption@1']
+    keep = Chat(('Video caption: ', reference, '\nRewrite the caption so that it describes the video. Reply with the '
+                 'new caption only.\nNew caption:'), system=rewrite.system)
+    return rewrite.chat(reference, edit=edit), keep
+
+def likelihood_scores(queries:list, shortlists:list, part, vlm:VLM, k:int|None=None,
+                      caption=None) -> list: # video id -> caption (default: `part(id).caption`; the frames view shows no caption)
+    "2 log P(caption | reference, edit) - log P(caption | reference) of the top-`k` candidates of each shortlist."
+    prompts, texts, sizes = [], [], []
+    caption = caption or (lambda v: part(v).caption)
+    for q, s in zip(queries, shortlists):
+        ids = s.ids[:k]
+        cond, keep = likelihood_prompts(q.edit, part(q.reference))
+        caps = [caption(c) for c in ids]
+        if any(c is None for c in caps): raise R3Error(f'query {q.id}: the likelihood reranker needs candidate captions')
+        prompts += [cond] * len(ids) + [keep] * len(ids); texts += caps * 2; sizes.append(len(ids))
+    lp = np.asarray(vlm.continuation_logprobs(prompts, texts), dtype=np.float64) if prompts else np.zeros(0)
+    out, s = [], 0
+    for n in sizes:
+        c, u = lp[s:s+n], lp[s+n:s+2*n]; out.append((2 * c - u).tolist()); s += 2 * n
+    return out

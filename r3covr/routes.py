@@ -11,7 +11,11 @@ from .models import l2norm
 from .retrieve import Gallery, ScanIndex, search, gallery_index
 
 # %% auto #0
-__all__ = ['words', 'BM25', 'moments', 'Queries', 'Fused', 'RRF', 'gated_blend']
+__all__ = ['ROUTES', 'FUSIONS', 'words', 'BM25', 'moments', 'Queries', 'Fused', 'RRF', 'gated_blend']
+
+# %% ../nbs/05a_routes.ipynb #r004b
+ROUTES = ('description', 'direct', 'lexical', 'reference', 'edit')   # what each means: the pipeline's retrieve stage
+FUSIONS = ('sum', 'rrf', 'gated')
 
 # %% ../nbs/05a_routes.ipynb #r006
 def words(text:str) -> list:

@@ -8,13 +8,15 @@ import inspect, json
 from dataclasses import dataclass
 from pathlib import Path
 from .core import ConfigError, DataError, CoVRDataset, read_json, stable_hash
-from .models import BACKENDS, backend_class, load_preset, merge
+from .models import BACKENDS, VLM, backend_class, load_preset, merge
 from .reason import PROMPTS, STRATEGIES
 from .retrieve import INDEXES
+from .routes import ROUTES, FUSIONS
+from .rerank import RERANK_MODES, JUDGE_SCORES
 
 # %% auto #0
-__all__ = ['SETTINGS', 'SECTIONS', 'DEFAULTS', 'FRAMES', 'integer', 'number', 'choice', 'flag', 'text', 'Setting',
-           'check_section', 'run_config', 'parse_sets', 'load_dataset', 'dataset_fingerprint', 'dataset_of']
+__all__ = ['SETTINGS', 'SECTIONS', 'DEFAULTS', 'FRAMES', 'integer', 'number', 'choice', 'flag', 'names', 'weights_of', 'text',
+           'Setting', 'check_section', 'run_config', 'parse_sets', 'load_dataset', 'dataset_fingerprint', 'dataset_of']
 
 # %% ../nbs/07b_settings.ipynb #s006
 def _bad(accepts:str):
@@ -51,6 +53,24 @@ def flag(name, v):
     if not isinstance(v, bool): _bad('true or false')(name, v)
     return v
 
+def names(*options):
+    "Check: a non-empty list of distinct names from `options`."
+    def check(name, v):
+        if isinstance(v, str): v = [v]
+        if not isinstance(v, list) or not v or len(set(v)) < len(v) or any(x not in options for x in v):
+            _bad(f'a list of distinct names from {", ".join(options)}')(name, v)
+        return v
+    return check
+
+def weights_of(*options):
+    "Check: a mapping from names in `options` to numbers >= 0."
+    def check(name, v):
+        if not isinstance(v, dict) or any(k not in options or isinstance(x, bool) or not isinstance(x, (int, float)) or x < 0
+                                          for k, x in v.items()):
+            _bad(f'a mapping of {", ".join(options)} to numbers >= 0')(name, v)
+        return {k: float(x) for k, x in v.items()}
+    return check
+
 def text(none:bool=False):
     "Check: a non-empty string (or None when `none`)."
     def check(name, v):
@@ -72,13 +92,21 @@ SETTINGS = {s: Setting(*v) for s, v in dict(
     gallery=(None, text(none=True), 'challenge files: folder of candidate videos to rank (default: the referenced videos)'),
     n=(None, integer(1, none=True), 'only the first n queries'),
     seed=(0, integer(0), 'seed of the synthetic dataset'),
+    rows=('all', choice('all', 'even', 'odd'), 'the queries to run: all, or every other row from the first (even) or the second (odd); tune on one, report on the other'),
     preset=('cpu', text(), 'the models: a preset name (r3covr, cpu, tiny, toy) or a preset .json'),
     strategy=('one-pass', choice(*STRATEGIES), 'reason in one generation, or a reasoning trace first'),
     template=('describe@1', choice(*PROMPTS), 'the prompt of the description'),
     budget=(None, integer(4, none=True), "description length in encoder tokens (default: the encoder's window)"),
+    routes=(['description'], names(*ROUTES), 'query routes to the gallery, fused when more than one (the first: the base)'),
+    route_weights=({}, weights_of(*ROUTES), 'weight of each fused route (default 1 each)'),
+    fusion=('sum', choice(*FUSIONS), 'how routes fuse: sum of per-query z-scores, reciprocal-rank fusion, or gated blend of the first two'),
+    gate=(0.5, number(-1, 1), "gated fusion: the second route is blended in only when its cosine with the first is at least this"),
     k=(50, integer(1), 'shortlist length'),
     rerank=(True, flag, 'rerank the shortlist with the VLM judge'),
     rerank_k=(20, integer(1), 'candidates the judge sees per query (at most k)'),
+    rerank_mode=('pointwise', choice(*RERANK_MODES), 'yes/no judge of each candidate, a conservative pairwise tournament, or caption likelihood'),
+    judge_score=('p_yes', choice(*JUDGE_SCORES), "pointwise: the judge's P(yes), or its log-odds"),
+    margin=(0.2, number(0, 0.5), 'tournament: the preference a challenger needs to take the lead'),
     weight=(0.5, number(0, 1), "the judge's weight in the blend (0: retrieval alone, 1: the judge alone)"),
     with_reference=(False, flag, 'show the judge the reference video too'),
     merged=(True, flag, 'one gallery for every source (false: each query ranks its own source only)'),
@@ -122,10 +150,16 @@ def run_config(**kw) -> dict:
     cfg = {k: SETTINGS[k].check(k, v) if k in SETTINGS else v for k, v in cfg.items()}
     cfg['view'] = choice('frames', 'caption')('view', cfg['view'])
     for role in ('frames', 'encoder', 'vlm'): cfg[role] = check_section(role, cfg[role])
+    if cfg['fusion'] == 'gated' and len(cfg['routes']) != 2:
+        raise ConfigError(f"setting fusion=gated blends exactly two routes (a base and a reasoning route), not {cfg['routes']}")
     if cfg['rerank_k'] > cfg['k']:
         raise ConfigError(f"setting rerank_k={cfg['rerank_k']}: the judge sees the shortlist, which holds k={cfg['k']}")
     if cfg['pooling'] == 'query' and cfg['view'] != 'frames':
         raise ConfigError(f"setting pooling=query weighs a video's frames, but preset {cfg['preset']!r} shows videos by caption")
+    vlm = backend_class('vlm', cfg['vlm'])
+    if cfg['rerank'] and cfg['rerank_mode'] == 'likelihood' and getattr(vlm, 'continuation_logprobs', None) is VLM.continuation_logprobs:
+        raise ConfigError(f"setting rerank_mode=likelihood: backend {cfg['vlm']['backend']!r} cannot score a given answer; "
+                          "use rerank_mode=pointwise or tournament")
     for k in ('root', 'gallery'):
         if cfg[k] is not None and not Path(cfg[k]).is_dir(): raise ConfigError(f'setting {k}={cfg[k]!r}: no such folder')
     return cfg
@@ -152,8 +186,14 @@ def _is_challenge(obj) -> bool:
     return isinstance(obj, list) and bool(obj) and all(isinstance(g, dict) and len(g) == 1 and
                                                        isinstance(next(iter(g.values())), list) for g in obj)
 
-def load_dataset(spec:str='synthetic', root:str|None=None, n:int|None=None, seed:int=0, gallery:str|None=None) -> CoVRDataset:
+def load_dataset(spec:str='synthetic', root:str|None=None, n:int|None=None, seed:int=0, gallery:str|None=None,
+                 rows:str='all') -> CoVRDataset:
     "A dataset from a name or file: `synthetic`, a WebVid-CoVR CSV, a CoVR-R annotation JSON or a challenge query JSON (`gallery`: a folder of candidate videos)."
+    ds = _load(spec, root, n if rows == 'all' else None, seed, gallery)
+    if rows != 'all': ds = ds.subset(ids=[q.id for q in ds.queries[('even', 'odd').index(rows)::2]])   # the gallery stays whole
+    return ds.subset(n) if n else ds
+
+def _load(spec, root, n, seed, gallery) -> CoVRDataset:
     from r3covr import data
     if spec == 'synthetic':
         from r3covr.synthetic import make_synthetic
@@ -165,15 +205,15 @@ def load_dataset(spec:str='synthetic', root:str|None=None, n:int|None=None, seed
         if _is_challenge(read_json(p)): ds = data.load_challenge(p, root=root, gallery_root=gallery, on_error='skip')
         else: ds = data.load_covr_r(p, root=root, on_error='skip')
     else: raise DataError(f'dataset {spec!r}: expected a .csv (WebVid-CoVR) or .json (CoVR-R) file')
-    return ds.subset(n) if n else ds
+    return ds
 
 def dataset_fingerprint(ds:CoVRDataset) -> str:
     "A hash of what a run's results depend on in `ds`: each query's id, reference, edit and target, and the gallery."
     return stable_hash([ds.name, [[q.id, q.reference, q.edit, q.target] for q in ds], sorted(ds.gallery)], 16)
 
 def dataset_of(cfg:dict) -> CoVRDataset:
-    "The dataset a run's settings name (dataset, root, gallery, n, seed); `DataError` when no query is usable, or (`strict`) any row was skipped."
-    ds = load_dataset(cfg['dataset'], cfg['root'], cfg['n'], cfg['seed'], cfg['gallery'])
+    "The dataset a run's settings name (dataset, root, gallery, rows, n, seed); `DataError` when no query is usable, or (`strict`) any row was skipped."
+    ds = load_dataset(cfg['dataset'], cfg['root'], cfg['n'], cfg['seed'], cfg['gallery'], cfg.get('rows', 'all'))
     first = f" (first: {ds.skipped[0]['item']}: {ds.skipped[0]['reason']})" if ds.skipped else ''
     if not len(ds): raise DataError(f"dataset {cfg['dataset']}: no usable query; {len(ds.skipped)} rows skipped at load{first}")
     if ds.skipped and cfg.get('strict'): raise DataError(f"dataset {cfg['dataset']}: {len(ds.skipped)} rows skipped at load{first}; fix them, or run without --strict")

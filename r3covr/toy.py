@@ -56,6 +56,10 @@ class ToyVLM(VLM):
             out.append(' '.join(f'{cap}. {after[0] if after else ""}'.split()[:max_new_tokens]))
         return out
 
+    def continuation_logprobs(self, prompts:list, texts:list) -> np.ndarray:
+        "(n,): -1 per word of the text, +1 per word also in the prompt (a likely answer repeats the prompt's words)."
+        return np.array([sum(1. if w in set(words(p.text())) else -1. for w in words(t)) for p, t in zip(prompts, texts)])
+
     def yes_no_logits(self, prompts:list) -> np.ndarray:
         "(n, 2): 4 x (share of the last video's caption words found in the other text) - 2, and 0."
         out = []

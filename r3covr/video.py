@@ -12,7 +12,7 @@ import numpy as np
 from .core import R3Error, VideoError
 
 # %% auto #0
-__all__ = ['Frames', 'write_video', 'read_frames', 'sample_videos']
+__all__ = ['SMALL_VIDEO', 'Frames', 'write_video', 'read_frames', 'sample_videos']
 
 # %% ../nbs/01_video.ipynb #c006
 @dataclass(frozen=True)
@@ -102,10 +102,12 @@ def _why(e:Exception) -> str:
     line = (str(e).strip().splitlines() or [type(e).__name__])[0]
     return re.sub(r'^(\[[\d:]+\] \S+:\d+: )+', '', line)[:200]
 
+SMALL_VIDEO = 1 << 18   # bytes: below this, one decoding thread (starting FFmpeg's threads costs more than they save)
+
 def _open(path:Path):
-    "A decord `VideoReader` on `path`, at native size, on one CPU thread."
+    "A decord `VideoReader` on `path`, at native size: one decoding thread for a small file, else FFmpeg's own choice."
     import decord
-    return decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+    return decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1 if path.stat().st_size < SMALL_VIDEO else 0)
 
 # %% ../nbs/01_video.ipynb #c023
 def _decode_av(path:Path, idx) -> np.ndarray:

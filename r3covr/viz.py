@@ -12,12 +12,12 @@ from .core import R3Error, DataError, CoVRDataset, atomic_write
 from .metrics import recall_at_k, as_ranks
 from .runfolder import RunFolder
 from .settings import dataset_of, dataset_fingerprint
-from .pipeline import ROW_NAMES, common_queries
+from .pipeline import common_queries
 
 # %% auto #0
-__all__ = ['RunView', 'load_run', 'final_ranks', 'video_strip', 'shortlist_rows', 'plot_query', 'plot_lengths', 'plot_rank_shift',
-           'plot_recall_curves', 'run_ranks', 'example_queries', 'save_run_figures', 'query_html', 'Explorer',
-           'explore', 'plot_ablation']
+__all__ = ['RunView', 'load_run', 'final_ranks', 'retrieved_ranks', 'video_strip', 'shortlist_rows', 'plot_query', 'plot_lengths',
+           'plot_rank_shift', 'plot_recall_curves', 'run_ranks', 'example_queries', 'save_run_figures', 'query_html',
+           'Explorer', 'explore', 'plot_ablation']
 
 # %% ../nbs/09_viz.ipynb #c008
 def _figure(w:float, h:float):
@@ -75,9 +75,14 @@ def load_run(run, ds:CoVRDataset|None=None) -> RunView:
     return RunView(getattr(run, 'dir', run), ds)
 
 def final_ranks(run) -> dict:
-    "Target ranks after the last stage the run did (reranking, else retrieval)."
+    "Target ranks of the run's full method (reranked, else its shortlist's row)."
     r = load_run(run)
-    return r.ranks.get('R3 rerank') or r.ranks.get('R3 retrieve') or {}
+    return r.ranks.get(r.metrics.get('final_row'), {})
+
+def retrieved_ranks(run) -> dict:
+    "Target ranks of the row whose shortlists were reranked (a route, or the fusion of routes)."
+    r = load_run(run)
+    return r.ranks.get(r.metrics.get('shortlist_row'), {})
 
 # %% ../nbs/09_viz.ipynb #c017
 @lru_cache(maxsize=1)
@@ -120,13 +125,14 @@ def shortlist_rows(run, qid:str, n:int=5, order:str='after', with_target:bool=Tr
     before, after = list(sl.get('ids', [])), list(rk.get('ids', []))
     score, final = dict(zip(before, sl.get('scores', []))), dict(zip(after, rk.get('scores', [])))
     n_judged = r.cfg['rerank_k'] if r.cfg.get('rerank') else 0
-    p_yes = dict(zip(jd.get('ids', [])[:n_judged], jd.get('p_yes', [])[:n_judged]))
+    if r.cfg.get('rerank_mode') == 'tournament': n_judged = 0
+    judged = dict(zip(jd.get('ids', [])[:n_judged], jd.get('scores', [])[:n_judged]))
     ids = (after if order == 'after' else before)[:n]
     if with_target and tgt is not None and tgt not in ids: ids.append(tgt)
-    rank = lambda row: r.ranks.get(row, r.ranks.get('R3 retrieve', {})).get(qid)
-    pos = lambda lst, v, row: lst.index(v) if v in lst else (rank(row) if v == tgt else None)
-    return [dict(id=v, before=pos(before, v, 'R3 retrieve'), after=pos(after, v, 'R3 rerank'), score=score.get(v),
-                 p_yes=p_yes.get(v), final=final.get(v), target=v == tgt) for v in ids]
+    rank = lambda ranks: ranks.get(qid)
+    pos = lambda lst, v, ranks: lst.index(v) if v in lst else (rank(ranks) if v == tgt else None)
+    return [dict(id=v, before=pos(before, v, retrieved_ranks(r)), after=pos(after, v, final_ranks(r)), score=score.get(v),
+                 judge=judged.get(v), final=final.get(v), target=v == tgt) for v in ids]
 
 # %% ../nbs/09_viz.ipynb #c026
 def _video_cell(ax, video, view:str, n_frames:int, target:bool=False):
@@ -147,7 +153,7 @@ def _row_label(x:dict) -> str:
     "The scores line of one candidate (positions 1-based)."
     s = [f'{_pos(x["after"])} after rerank, {_pos(x["before"])} retrieved']
     s += [f'retrieval {x["score"]:.3f}' if x['score'] is not None else 'beyond the shortlist']
-    if x['p_yes'] is not None: s += [f'P(yes) {x["p_yes"]:.3f}']
+    if x['judge'] is not None: s += [f'judge {x["judge"]:.3f}']
     return f'{x["id"]}{"   TARGET" if x["target"] else ""}\n' + ', '.join(s)
 
 # %% ../nbs/09_viz.ipynb #c027
@@ -163,7 +169,7 @@ def plot_query(run, qid:str, n_candidates:int=5, n_frames:int=4, view:str|None=N
     for i, x in enumerate(rows, 1):
         _video_cell(fig.add_subplot(gs[i, 0]), r.ds.videos.get(x['id']), view, n_frames, x['target'])
         _text_cell(fig.add_subplot(gs[i, 1]), _row_label(x), 'tab:green' if x['target'] else 'black')
-    b, a = r.ranks.get('R3 retrieve', {}).get(qid), final_ranks(r).get(qid)
+    b, a = retrieved_ranks(r).get(qid), final_ranks(r).get(qid)
     fig.suptitle(f'{qid}: reference (top), candidates after reranking ({view} view); '
                  f'target {_pos(b)} retrieved, {_pos(a)} after reranking', fontsize=9)
     return fig
@@ -186,9 +192,9 @@ def plot_lengths(run, bins:int=20):
     return fig
 
 # %% ../nbs/09_viz.ipynb #c036
-def plot_rank_shift(run, before:str='R3 retrieve', after:str='R3 rerank'):
-    "Each query's target position after `before` against after `after` (log axes, diagonal), with counts."
-    r = load_run(run)
+def plot_rank_shift(run, before:str|None=None, after:str='rerank'):
+    "Each query's target position in row `before` (default: the reranked shortlist's) against `after` (log axes), with counts."
+    r = load_run(run); before = before or r.metrics.get('shortlist_row')
     if before not in r.ranks or after not in r.ranks: raise DataError(f'{r.dir}: needs ranks of {before!r} and {after!r}')
     ids = sorted(set(r.ranks[before]) & set(r.ranks[after]))
     if not ids: raise DataError(f'{r.dir}: no query has ranks of both {before!r} and {after!r}')
@@ -220,7 +226,7 @@ def plot_recall_curves(ranks:dict, ks=range(1, 51), title:str=''):
 def run_ranks(run) -> dict:
     "A run's ranks by table row name, on the queries every row scored (as in `metrics.json`)."
     r = load_run(run); common = common_queries(r.ranks)
-    return {ROW_NAMES.get(k, k): {i: v[i] for i in common} for k, v in r.ranks.items()}
+    return {r.metrics.get('rows', {}).get(k, k): {i: v[i] for i in common} for k, v in r.ranks.items()}
 
 # %% ../nbs/09_viz.ipynb #c043
 def example_queries(run) -> dict:
@@ -234,7 +240,7 @@ def save_run_figures(run, dpi:int=90) -> list:
     "Write the lengths, rank-shift, recall and example-query figures of a run into its folder; their paths."
     r = load_run(run); f, paths = r.folder, []
     if r.desc: paths.append(_save(plot_lengths(r), f.figure('lengths'), dpi))
-    if {'R3 retrieve', 'R3 rerank'} <= set(r.ranks): paths.append(_save(plot_rank_shift(r), f.figure('rank_shift'), dpi))
+    if retrieved_ranks(r) and 'rerank' in r.ranks: paths.append(_save(plot_rank_shift(r), f.figure('rank_shift'), dpi))
     if r.ranks: paths.append(_save(plot_recall_curves(run_ranks(r)), f.figure('recall'), dpi))
     for qid in dict.fromkeys(example_queries(r).values()):
         paths.append(_save(plot_query(r, qid, n_candidates=4, n_frames=4), f.figure('query', qid), dpi))
@@ -259,11 +265,11 @@ def _video_html(video, n:int=3, size:int=32) -> str:
 # %% ../nbs/09_viz.ipynb #c048
 def _list_html(r:RunView, qid:str, order:str, n:int, frames:int, size:int) -> str:
     "One shortlist of `qid` ('before' or 'after' reranking) as an HTML table; the target's row green."
-    head = ('retrieval order', 'score') if order == 'before' else ('after reranking', 'P(yes), final')
+    head = ('retrieval order', 'score') if order == 'before' else ('after reranking', 'judge, final')
     rows = []
     for x in shortlist_rows(r, qid, n, order, with_target=False):
         sc = (f'{x["score"]:.3f}' if order == 'before' else
-              f'{x["p_yes"]:.3f}, {x["final"]:.3f}' if x['p_yes'] is not None else f'-, {x["final"]:.3f}')
+              f'{x["judge"]:.3f}, {x["final"]:.3f}' if x['judge'] is not None else f'-, {x["final"]:.3f}')
         style = ' style="background:#d4f4d4"' if x['target'] else ''
         rows.append(f'<tr{style}><td>{_pos(x[order])}</td><td>{_video_html(r.ds.videos.get(x["id"]), frames, size)}'
                     f'<br><code>{html.escape(x["id"])}</code></td><td>{sc}</td></tr>')
@@ -273,7 +279,7 @@ def _landed(r:RunView, qid:str) -> str:
     "Where the target of `qid` landed, in words (positions 1-based)."
     q = r.query(qid)
     if q.target is None: return 'unlabelled query (no target)'
-    b, a = r.ranks.get('R3 retrieve', {}).get(qid), final_ranks(r).get(qid)
+    b, a = retrieved_ranks(r).get(qid), final_ranks(r).get(qid)
     return f'target <code>{html.escape(q.target)}</code>: {_pos(b)} after retrieval, {_pos(a)} after reranking'
 
 # %% ../nbs/09_viz.ipynb #c049
@@ -299,7 +305,7 @@ def _live() -> bool:
 
 def _label(r:RunView, qid:str) -> str:
     "A query's dropdown label: its id and its target's position before and after reranking."
-    b, a = r.ranks.get('R3 retrieve', {}).get(qid), final_ranks(r).get(qid)
+    b, a = retrieved_ranks(r).get(qid), final_ranks(r).get(qid)
     return qid if a is None else f'{qid}  {_pos(b)} -> {_pos(a)}{"" if a == 0 else "  (miss)"}'
 
 # %% ../nbs/09_viz.ipynb #c053
@@ -354,15 +360,22 @@ def explore(run, failures_only:bool=False, static:bool|None=None, **kw) -> Explo
     return Explorer(run, failures_only, static, **kw)
 
 # %% ../nbs/09_viz.ipynb #c060
+def _numeric(values) -> bool:
+    try: [float(v) for v in values]; return True
+    except (TypeError, ValueError): return False
+
 def plot_ablation(rows:list, path=None, metric:str='R@1'):
-    "One panel per swept setting of `rows` (from `ablate`), `metric` against the setting's value; saved to `path`."
+    "One panel per swept setting of `rows` (from `ablate`): `metric` against the value, or bars of named values; saved to `path`."
     swept = [s for s in dict.fromkeys(r['setting'] for r in rows) if s != 'rerank']
     fig = _figure(3.2 * max(1, len(swept)), 2.8)
     axes = fig.subplots(1, max(1, len(swept)), squeeze=False)
     ref = {r['value']: r[metric] for r in rows if r['setting'] == 'rerank'}
     for ax, s in zip(axes[0], swept):
-        pts = [(float(r['value']), r[metric]) for r in rows if r['setting'] == s]
-        ax.plot(*zip(*pts), 'o-')
+        pts = [(r['value'], r[metric]) for r in rows if r['setting'] == s]
+        if _numeric([v for v, _ in pts]): ax.plot([float(v) for v, _ in pts], [m for _, m in pts], 'o-')
+        else:
+            ax.bar(range(len(pts)), [m for _, m in pts], color='tab:blue')
+            ax.set_xticks(range(len(pts)), [str(v) for v, _ in pts], rotation=30, ha='right', fontsize=7)
         for name, ls in (('off', ':'), ('on', '--')):
             if name in ref: ax.axhline(ref[name], ls=ls, c='grey', lw=1, label=f'rerank {name}')
         ax.set_xlabel(s); ax.set_ylabel(metric); ax.grid(alpha=.3)

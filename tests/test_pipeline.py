@@ -29,13 +29,14 @@ def test_tiny_frames_path_runs_all_stages(full_run):
     out, stdout = full_run
     m = json.loads((out/'metrics.json').read_text())
     assert m['n_queries'] == 8 and m['n_scored'] == 8
-    assert set(m['metrics']) >= {'R3: reason -> retrieve', 'R3: reason -> retrieve -> rerank', 'edit only (no VLM)'}
+    assert set(m['metrics']) >= {'R3: reason -> retrieve (description)', 'R3: reason -> retrieve (description) -> rerank (pointwise)',
+                                 'edit only (no VLM)', 'reference only (no VLM)', 'direct: reference + edit (no VLM)'}
     cfg = json.loads((out/'config.json').read_text())
     assert cfg['view'] == 'frames' and cfg['vlm']['backend'] == 'qwen3vl'
     desc = [json.loads(l) for l in next(out.glob('descriptions-*.jsonl')).read_text().splitlines()]
     assert len(desc) == 8 and all('tokens' in d and 'overflow' in d for d in desc)
     judge = [json.loads(l) for l in next(out.glob('judge-*.jsonl')).read_text().splitlines()]
-    assert all(len(j['p_yes']) == 6 and all(0 < p < 1 for p in j['p_yes']) for j in judge)
+    assert all(len(j['scores']) == 6 and len(set(j['scores'])) > 1 for j in judge)
     assert 'R@1' in stdout
 
 
@@ -48,12 +49,14 @@ def test_bad_dataset_is_one_clear_line(cache, tmp_path):
 def test_ablate_writes_one_table_and_one_plot(cache, tmp_path):
     out = tmp_path/'abl'
     p = r3covr('ablate', '--dataset', 'synthetic', '--preset', 'tiny', '--n', '6', '--out', str(out),
-               '--budgets', '16,64', '--ks', '2,4', '--weights', '0,1', '--set', 'batch_size=2', 'k=8', cache=cache)
+               '--budgets', '16,64', '--ks', '2,4', '--weights', '0,1', '--modes', 'pointwise', '--set', 'batch_size=2', 'k=8', cache=cache)
     assert p.returncode == 0, p.stderr[-3000:]
-    rows = [json.loads(l) for l in (out/'ablation.jsonl').read_text().splitlines()]
-    assert [(r['setting'], r['value']) for r in rows] == [('rerank', 'off'), ('rerank', 'on'), ('rerank K', 2), ('rerank K', 4),
-                                                          ('blend weight', 0), ('blend weight', 1), ('length budget', 16), ('length budget', 64)]
-    assert rows[4]['R@1'] >= rows[0]['R@1']          # weight 0 keeps the retrieval order (ties counted for the target)
+    rows = [json.loads(l) for l in (out/'ablation.jsonl').read_text().splitlines() if json.loads(l)['setting'] != 'route']
+    assert [(r['setting'], r['value']) for r in rows] == [('rerank', 'off'), ('rerank', 'on'), ('rerank mode', 'pointwise'),
+                                                          ('rerank K', 2), ('rerank K', 4), ('blend weight', 0), ('blend weight', 1),
+                                                          ('length budget', 16), ('length budget', 64)]
+    assert rows[2]['R@1'] == rows[1]['R@1'] and rows[4]['R@1'] == rows[1]['R@1']   # the base run's mode and depth
+    assert rows[5]['R@1'] >= rows[0]['R@1']          # weight 0 keeps the retrieval order (ties counted for the target)
     assert (out/'ablation.png').stat().st_size > 1000 and '| length budget | 16 |' in (out/'ablation.md').read_text()
 
 
@@ -83,3 +86,30 @@ def test_query_pooling_runs_and_tends_to_mean_pooling(full_run, cache, tmp_path)
 def test_query_pooling_refused_in_caption_view(cache, tmp_path):
     p = r3covr('run', '--preset', 'cpu', '--n', '2', '--set', 'pooling=query', '--out', str(tmp_path/'r'), cache=cache)
     assert p.returncode == 2 and 'by caption' in p.stderr and 'Traceback' not in p.stderr
+
+
+ROUTE_CASES = {  # every route, every fusion, every rerank mode, through the frames path on the tiny twins
+    'five routes, z-sum, pointwise logit': dict(routes=['description', 'direct', 'lexical', 'reference', 'edit'], fusion='sum',
+                                                rerank_mode='pointwise', judge_score='logit'),
+    'gated blend, tournament': dict(routes=['direct', 'description'], fusion='gated', gate=-1.0, rerank_mode='tournament', margin=0.0),
+    'rrf, likelihood': dict(routes=['direct', 'lexical'], fusion='rrf', rerank_mode='likelihood'),
+}
+
+@pytest.mark.parametrize('case', list(ROUTE_CASES))
+def test_tiny_frames_path_every_route_fusion_and_rerank_mode(case, cache, tmp_path, monkeypatch):
+    monkeypatch.setenv('R3COVR_CACHE', str(cache))
+    from r3covr.core import read_jsonl
+    from r3covr.pipeline import run
+    s = ROUTE_CASES[case]
+    res = run(tmp_path/'run', preset='tiny', n=4, batch_size=2, k=8, rerank_k=4, **s)
+    assert res['n_scored'] == 4 and res['n_errors'] == 0, res
+    assert set(s['routes']) | {'fusion', 'rerank'} <= set(res['rows']), res['rows']
+    assert res['final_row'] == 'rerank' and res['final'] == res['rows']['rerank'] and res['shortlist_row'] == 'fusion'
+    assert all(m['n_scored'] == 4 for m in res['metrics'].values())
+    judge = read_jsonl(next((tmp_path/'run').glob('judge-*.jsonl')))
+    assert len(judge) == 4
+    for j in judge:
+        if s['rerank_mode'] == 'tournament':      # K x K preferences, no self-comparison
+            assert len(j['scores']) == 4 and all(row[i] is None and sum(x is not None for x in row) == 3 for i, row in enumerate(j['scores']))
+        else: assert len(j['scores']) == 4 and len(set(j['scores'])) > 1
+    assert len(read_jsonl(tmp_path/'run'/'rankings.jsonl')) == 4

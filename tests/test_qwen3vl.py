@@ -123,3 +123,79 @@ def test_offline_hub_id_fails_fast_naming_the_model(tmp_path):
     lines = r.stdout.splitlines()
     assert len(lines) >= 2, r.stderr[-2000:]
     assert float(lines[0]) < 5 and 'Qwen/Qwen3-VL-8B-Instruct' in lines[1]
+
+# ---- shared prefixes ----
+from r3covr.qwen3vl import prefix_runs, common_prefix, prefix_scored
+from r3covr.rerank import judge_prompt
+
+def test_prefix_runs_splits_queries_and_keeps_loners():
+    base = list(range(50))
+    seqs = [base + [1, 2, c] for c in range(5)] + [[9] * 40] + [base[:30] + [7] * 20 + [c] for c in range(3)]
+    runs = prefix_runs(seqs)
+    assert runs == [(0, 5, 52), (5, 6, 0), (6, 9, 50)]
+    assert [s for a, z, s in runs] == [52, 0, 50] and runs[-1][1] == len(seqs)
+    assert prefix_runs([[1, 2, 3]]) == [(0, 1, 0)] and prefix_runs([]) == []
+    assert prefix_runs([base + [1], base + [1]]) == [(0, 2, 50)]          # identical prompts: one token each stays
+    assert all(z - a <= 4 for a, z, s in prefix_runs([base + [c] for c in range(10)], max_run=4))
+    assert common_prefix([1, 2, 3], [1, 2]) == 2 and common_prefix([], [1]) == 0
+
+def _moving(colour, n=4):
+    a = np.zeros((n, 64, 64, 3), np.uint8)
+    for t in range(n): a[t, 20:44, 8*t:8*t+16] = colour
+    return Frames(a, tuple(range(n)), tuple(t / 8 for t in range(n)), 8., n)
+
+def _judge_set(reference:bool):
+    "Two queries x 4 candidates (three videos, one caption) as rerank builds them; one reference video per query."
+    cands = [VideoPart(frames=_moving(c), video_id=f'c{i}') for i, c in enumerate([(220, 30, 30), (30, 160, 60), (30, 70, 225)])]
+    cands.append(VideoPart(caption='a red square moves to the right', video_id='c3'))
+    refs = [VideoPart(frames=_moving((200, 200, 200), 6), video_id='r0'), VideoPart(frames=_moving((90, 90, 90)), video_id='r1')]
+    return [judge_prompt(e, d, c, r if reference else None) for e, d, r in
+            [('make it red', 'a red square moves right', refs[0]), ('make it green', 'a green square', refs[1])] for c in cands]
+
+@pytest.mark.parametrize('reference', [True, False])
+def test_shared_prefix_equals_plain_batches(vlm, reference):
+    ps = _judge_set(reference)
+    seen = []
+    h = vlm.model.model.visual.register_forward_hook(lambda m, a, kw, out: seen.append(len(kw['grid_thw'])), with_kwargs=True)
+    try:
+        vlm.share_prefix, vlm.batch_size = False, 4; plain, n_plain = vlm.score(ps), sum(seen); seen.clear()
+        vlm.share_prefix = True; shared, n_shared = vlm.score(ps), sum(seen); seen.clear()
+        alone = np.concatenate([vlm.score([p]) for p in ps])
+    finally: h.remove(); vlm.share_prefix, vlm.batch_size = True, 4
+    np.testing.assert_allclose(shared, plain, atol=1e-4); np.testing.assert_allclose(shared, alone, atol=1e-4)
+    assert np.ptp(shared) > 1e-4
+    assert (n_plain, n_shared) == ((14, 8) if reference else (6, 6))     # each reference once per query, not per candidate
+    runs = prefix_runs(vlm._items(ps)[1])
+    # with references the queries split (their videos differ); without, their short texts differ so little that one
+    # run sharing the instructions and most of the edit is cheaper than two
+    assert [(a, z) for a, z, s in runs] == ([(0, 4), (4, 8)] if reference else [(0, 8)])
+
+def test_shared_prefix_mrope_positions_are_the_full_sequences(vlm):
+    "The suffix rows carry the 3-D positions their tokens have in the whole prompt (after a video, they jump)."
+    items, keys = vlm._items(_judge_set(True)[:4])
+    full = vlm._items(_judge_set(True)[:1])[0][0]
+    assert torch_equal(items[0]['pos'], full['pos'])
+    s = prefix_runs(keys)[0][2]
+    v = items[0]['videos']
+    assert v[0]['stop'] <= s <= v[1]['start']                               # reference in the prefix, candidate after
+    assert int(items[0]['pos'][0, -1]) < len(items[0]['ids']) - 1            # video tokens take fewer positions than tokens
+
+def torch_equal(a, b): return bool((a == b).all()) and a.shape == b.shape
+
+def test_same_pixels_in_another_object_are_not_shared(vlm):
+    "Keys name videos by their Frames object: two objects (here with equal pixels) are two videos, never shared by accident."
+    a, b = _moving((220, 30, 30)), _moving((220, 30, 30))
+    p1 = judge_prompt('e', 'd', VideoPart(caption='x', video_id='c'), VideoPart(frames=a, video_id='r'))
+    p2 = judge_prompt('e', 'd', VideoPart(caption='y', video_id='c'), VideoPart(frames=b, video_id='r'))
+    _, keys = vlm._items([p1, p2])
+    first_video = int(np.flatnonzero(keys[0] < 0)[0])
+    assert common_prefix(keys[0], keys[1]) == first_video                    # same token ids, different videos
+    np.testing.assert_allclose(vlm.yes_no_logits([p1, p2]), np.concatenate([vlm.yes_no_logits([p1]), vlm.yes_no_logits([p2])]), atol=1e-5)
+
+def test_prefix_scored_chunks_rows_within_the_batch_budget(vlm):
+    "With batch_size 1 a run's suffixes go in several chunks, each continuing its own copy of the prefix cache."
+    ps = _judge_set(True)
+    vlm.batch_size = 1
+    try: chunked = vlm.score(ps)
+    finally: vlm.batch_size = 4
+    np.testing.assert_allclose(chunked, vlm.score(ps), atol=1e-5)

@@ -232,9 +232,9 @@ def test_models_listing_checked():
 
 
 def test_serve_prints_the_url_and_stops_on_sigterm(tmp_path):
-    "`serve` (what `r3covr serve` runs): the URL on stdout, a server that answers there, a clean stop on SIGTERM."
+    "`r3covr serve`: the URL on stdout, a server that answers there, a clean stop on SIGTERM."
     port = free_port()
-    p = subprocess.Popen([sys.executable, '-c', f'from r3covr.served import serve; serve("cpu", port={port})'],
+    p = subprocess.Popen([sys.executable, '-c', 'import sys; from r3covr.cli import main; sys.exit(main(sys.argv[1:]))', 'serve', '--preset', 'cpu', '--port', str(port)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(tmp_path/'cache'))
     try:
         ready, _, _ = select.select([p.stdout], [], [], 120)

