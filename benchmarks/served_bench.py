@@ -6,7 +6,7 @@ prompts, and how far their P(yes) agree. Needs the `serve` extra (`pip install -
     python benchmarks/served_bench.py --n 40 --json served.json
 
 speed.py takes it as a row: `from served_bench import bench_served`, `ROWS['served'] = bench_served`, and sets
-`a.n_served` (200; fewer with --quick). Timings are wall-clock seconds of one pass each, model load and server start
+`a.n_served` (200; fewer with --quick); its prompts are models_bench's `judge_prompts` with 4 candidates a query. Timings are wall-clock seconds of one pass each, model load and server start
 excluded; the in-process model and the server share the same cores, one after the other.
 """
 from __future__ import annotations
@@ -18,10 +18,10 @@ os.environ.setdefault('HF_HUB_OFFLINE', '1')
 
 def bench_served(ds, a) -> list:
     "P(yes) of `a.n_served` judge prompts (4 candidates a query): in-process batches of `a.batch` vs the `openai` backend on llama.cpp's server."
-    from speed import best_of, judge_prompts, record
+    from models_bench import best_of, judge_prompts, record
     from r3covr.models import create_vlm
     from r3covr.served import LocalServer
-    prompts = judge_prompts(ds, getattr(a, 'n_served', 200))
+    prompts = judge_prompts(ds, getattr(a, 'n_served', 200), k=4)
     local = create_vlm('cpu'); local.batch_size = a.batch
     tl, pl = best_of(lambda: local.score(prompts))
     with LocalServer(local.name) as srv:

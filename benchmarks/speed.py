@@ -35,7 +35,7 @@ subspace), which is what IVF's lists exploit: on the unclustered vectors IVF's r
 recall on them before trusting it.
 """
 from __future__ import annotations
-import argparse, importlib.util, json, os, resource, sys, tempfile, time
+import argparse, importlib.util, json, os, resource, sys, tempfile
 from pathlib import Path
 import numpy as np
 
@@ -79,22 +79,6 @@ def near(g:np.ndarray, idx, noise:float=0.5, seed:int=1) -> np.ndarray:
     return (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
 
 # ---------------------------------------------------------------- the models
-
-def judge_prompts(ds, n:int) -> list:
-    "Rerank prompts built as the pipeline builds them: a query's edit, a description, a candidate's caption."
-    from r3covr.models import video_part
-    from r3covr.rerank import judge_prompt
-    out = []
-    for q in ds.queries:
-        for c in (q.target, *ds.gallery_for(q)[:3]):
-            out.append(judge_prompt(q.edit, ds.videos[q.target].caption, video_part(ds.videos[c], 'caption')))
-            if len(out) == n: return out
-    return out
-
-def _chats(ds, n):
-    from r3covr.models import video_part
-    from r3covr.reason import PROMPTS
-    return [PROMPTS['rewrite-caption@1'].chat(video_part(ds.videos[q.reference], 'caption'), edit=q.edit) for q in ds.queries[:n]]
 
 def bench_clean(ds, a) -> list:
     from r3covr.models import create_vlm, create_encoder, video_part
