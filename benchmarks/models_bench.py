@@ -10,6 +10,10 @@ Rows (`--only NAME`), each a function `bench_NAME(ds, a)` returning records in s
 {row, what, baseline, ours, baseline_s, ours_s, speedup, agreement}:
   judge     SmolLM2 P(yes) on rerank prompts built as the pipeline builds them (a query's edit and description, then
             one of ~10 candidates): one prompt per candidate, and today's batches, vs the shared prefix computed once
+  likelihood SmolLM2 log P(caption | prompt) for the likelihood reranker (each query's 5 candidates under the prompt with
+            and without the edit, 32 queries a call as the rerank stage calls it): the distinct prompts and their answers
+            batched in query order (as before) vs grouped by length so that little padding is computed; on the first
+            64 dev500 rows when ../shared is there (real lengths vary; the synthetic set's hardly do), else synthetic
   generate  SmolLM2 greedy descriptions (`rewrite-caption@1`): transformers' `generate` vs the package's loop, in
             which a finished row leaves the batch; and the options measured and rejected (batches sorted by prompt
             length, a static KV cache, int8 linear layers), with how many texts each changes
@@ -50,6 +54,65 @@ def reps(a, default:int) -> int:
 def record(name, what, base, ours, tb, to, agree) -> dict:
     return dict(row=name, what=what, baseline=base, ours=ours, baseline_s=round(tb, 3), ours_s=round(to, 3),
                 speedup=round(tb / to, 1) if to > 0 else None, agreement=agree)
+
+# ---------------------------------------------------------------- likelihood
+
+def query_order_logprobs(vlm, prompts:list, texts:list, rows_per_pass:int=32) -> np.ndarray:
+    "The likelihood reranker's scoring before grouping by length: distinct prompts in query order, answers in passes of 32."
+    import torch
+    from r3covr.caption import left_pad
+    from r3covr.qwen3vl import cache_of, cache_kw
+    heads = [vlm.chat_text(p) for p in prompts]
+    tails = [vlm.tok(t, add_special_tokens=False)['input_ids'] + [vlm.tok.eos_token_id] for t in texts]
+    distinct = list(dict.fromkeys(heads))
+    head_ids = dict(zip(distinct, vlm.tok(distinct, add_special_tokens=False)['input_ids']))
+    out, pad = np.zeros(len(heads)), vlm.tok.pad_token_id
+    for c in range(0, len(distinct), vlm.batch_size):
+        at = set(distinct[c:c + vlm.batch_size])
+        rows = [i for i, h in enumerate(heads) if h in at]
+        for s in range(0, len(rows), rows_per_pass):
+            part = rows[s:s + rows_per_pass]
+            used = list(dict.fromkeys(heads[i] for i in part)); owner = [used.index(heads[i]) for i in part]
+            T = [tails[i] for i in part]; L = max(map(len, T))
+            ids, mask = left_pad([head_ids[h] for h in used], pad)
+            with torch.inference_mode():
+                o = vlm.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True, logits_to_keep=1)
+                first, cache = o.logits[:, -1].float().log_softmax(-1), cache_of(o)
+                cache.batch_select_indices(torch.tensor(owner))
+                x = torch.tensor([t + [pad] * (L - len(t)) for t in T])
+                m = torch.cat([mask[owner], torch.tensor([[1] * len(t) + [0] * (L - len(t)) for t in T])], 1)
+                pos = torch.tensor([len(head_ids[used[h]]) for h in owner])[:, None] + torch.arange(L)
+                lp = vlm.model(input_ids=x, attention_mask=m, position_ids=pos, **cache_kw(vlm.model, cache)).logits.float().log_softmax(-1)
+            for r, t in enumerate(T):
+                out[part[r]] = float(first[owner[r], t[0]]) + float(lp[r, torch.arange(len(t) - 1), torch.tensor(t[1:])].double().sum())
+    return out
+
+def likelihood_inputs(ds, n:int, k:int=5) -> list:
+    "Per query, the likelihood reranker's (prompts, captions) as the pipeline builds them: K candidates under both prompts."
+    from r3covr.models import video_part
+    from r3covr.rerank import likelihood_prompts
+    out = []
+    for q in ds.queries[:n]:
+        cond, keep = likelihood_prompts(q.edit, video_part(ds.videos[q.reference], 'caption'))
+        caps = [ds.videos[c].caption for c in [q.target] + [g for g in ds.gallery_for(q) if g != q.target][:k - 1]]
+        out.append(([cond] * k + [keep] * k, caps * 2))
+    return out
+
+def bench_likelihood(ds, a, per_call:int=32) -> list:
+    "The likelihood reranker's scoring, called as the rerank stage calls it (32 queries a call): query order vs grouped by length."
+    from r3covr.models import create_vlm
+    from r3covr.settings import load_dataset
+    dev = Path(__file__).resolve().parents[2]/'shared/data/webvid-covr/webvid8m-covr_test.dev500.csv'
+    if dev.exists(): ds = load_dataset(str(dev))            # real captions and edits: their lengths vary as users' do
+    vlm, qs = create_vlm('cpu'), likelihood_inputs(ds, a.n_like)
+    vlm.batch_size = 64                                              # the cpu preset's
+    calls = [(sum((p for p, _ in qs[s:s + per_call]), []), sum((t for _, t in qs[s:s + per_call]), [])) for s in range(0, len(qs), per_call)]
+    way = lambda f: lambda: np.concatenate([f(p, t) for p, t in calls])
+    r = interleaved({'order': way(lambda p, t: query_order_logprobs(vlm, p, t)), 'grouped': way(vlm.continuation_logprobs)}, reps(a, 1))
+    (to, lo), (tg, lg) = r['order'], r['grouped']
+    return [record('likelihood', f'likelihood rerank log-probs ({len(qs)} {ds.name} queries x 5 candidates x 2 prompts)',
+                   'batches in query order (before)', 'prompts and answers grouped by length', to, tg,
+                   f'max |dlogP| {np.abs(lo - lg).max():.1e}')]
 
 # ---------------------------------------------------------------- judge
 
@@ -216,7 +279,7 @@ def bench_frames(ds, a) -> list:
 
 # ---------------------------------------------------------------- standalone
 
-ROWS = dict(judge=bench_judge, generate=bench_generate, encode=bench_encode, frames=bench_frames)
+ROWS = dict(judge=bench_judge, likelihood=bench_likelihood, generate=bench_generate, encode=bench_encode, frames=bench_frames)
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -227,7 +290,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     if a.threads:
         import torch; torch.set_num_threads(a.threads)
-    a.n_judge, a.n_gen, a.n_videos = (30, 8, 30) if a.quick else (100, 32, 100)
+    a.n_judge, a.n_gen, a.n_videos, a.n_like = (30, 8, 30, 16) if a.quick else (100, 32, 100, 64)
     from r3covr.synthetic import make_synthetic
     ds, rows = make_synthetic(n_queries=200), []
     for name in a.only or ROWS:

@@ -9,6 +9,8 @@ the same run, on the same inputs, and says how far their outputs agree.
 Rows (`--only NAME`):
   judge        SmolLM2 P(yes) on rerank prompts (a query's K candidates): one prompt per candidate and plain batches vs
                the shared prefix computed once (models_bench.py)
+  likelihood   SmolLM2 log P(caption | prompt) for the likelihood reranker, called as the rerank stage calls it: batches in
+               query order (as before) vs prompts and answers grouped by length (models_bench.py)
   generate     SmolLM2 greedy descriptions: transformers' `generate` vs the package's loop, and the options rejected
                (sorted batches, static KV cache, int8 linear layers) with how many texts each changes (models_bench.py)
   encode       MiniLM text embeddings: sentence-transformers' `encode` vs `SentenceEncoder.embed_texts` (models_bench.py)
@@ -17,8 +19,8 @@ Rows (`--only NAME`):
   load         SmolLM2 from its GGUF: dequantise every tensor vs the package's safetensors copy
   gallery      MiniLM caption-view gallery embeddings: computed vs read back from the .npz cache
   search       top-50 inner-product search at 200,000 x 384: numpy matmul + argpartition vs faiss flat vs HNSW
-  search-1m    top-50 at 1,000,000 x 768 (vectors in 2,000 topic clusters), 1,000 queries: exact faiss flat vs IVF
-               (1,024 lists) at nprobe 4, 8, 16
+  search-1m    top-50 at 1,000,000 x 768 (vectors in 2,000 topic clusters), 1,000 queries: exact faiss flat vs `ivf`
+               and `ivfpq` (4-bit PQ fast scan, the top 4K re-scored exactly), 4,000 lists, at nprobe 8 and 32
   pooling      retrieval scores with mean-pooled video vectors vs query-weighted pooling (`pooling=query`)
   retrieve-1m  the one retrieval path (top-50 + exact target ranks) over 1,000,000 x 768 with bounded memory,
                against the whole score matrix on a 50,000-video subset
@@ -134,20 +136,24 @@ def bench_search(ds, a, k:int=50, repeats:int=3) -> list:
     return [record('search', what, 'numpy matmul', 'faiss flat (exact)', tnp, tf, f'top-1 equal {100*top1:.0f}%'),
             record('search', what, 'faiss flat (exact)', f'faiss HNSW (build {tbuild:.1f} s)', tf, th, f'recall@{k} vs exact {100*recall:.1f}%')]
 
-def bench_search_1m(ds, a, d:int=768, nq:int=1000, k:int=50, nlist:int=1024) -> list:
-    "Top-50 at a million videos in 2,000 topics: exact faiss flat against IVF (1,024 lists) at nprobe 4, 8 and 16."
+def bench_search_1m(ds, a, d:int=768, nq:int=1000, k:int=50) -> list:
+    "Top-50 at a million videos in 2,000 topics: exact faiss flat against `ivf` and `ivfpq` (default lists, 4 sqrt(n)) at nprobe 8 and 32."
     from r3covr.retrieve import build_index
+    import faiss
     n = a.n_million
     g = clustered(n, d); q = near(g, np.random.default_rng(5).choice(n, nq, replace=False))
     tf, (_, exact) = best_of(lambda: build_index(g, 'flat').search(q, k))
-    tb, ivf = best_of(lambda: build_index(g, 'ivf', nlist=nlist))
     out, what = [], f'top-{k} search ({nq} queries, {n:,} x {d})'
-    for nprobe in (4, 8, 16):
-        ivf.nprobe = nprobe
-        ti, (_, ids) = best_of(lambda: ivf.search(q, k), 2)
-        recall = np.mean([len(set(x) & set(y)) / k for x, y in zip(exact, ids)])
-        out.append(record('search-1m', what, 'faiss flat (exact)', f'IVF {nlist} lists, nprobe {nprobe} (build {tb:.0f} s, once)',
-                          tf, ti, f'recall@{k} vs exact {100*recall:.1f}%'))
+    for kind in ('ivf', 'ivfpq'):
+        tb, index = best_of(lambda: build_index(g, kind))
+        ivf = faiss.extract_index_ivf(index)
+        for nprobe in (8, 32):
+            ivf.nprobe = nprobe
+            ti, (_, ids) = best_of(lambda: index.search(q, k), 2)
+            recall = np.mean([len(set(x) & set(y)) / k for x, y in zip(exact, ids)])
+            ours = f'{kind} ({ivf.nlist} lists), nprobe {nprobe}' + (f', x{index.k_factor} re-scored exactly' if kind == 'ivfpq' else '')
+            out.append(record('search-1m', what, 'faiss flat (exact)', f'{ours} (build {tb:.0f} s, once)', tf, ti, f'recall@{k} vs exact {100*recall:.1f}%'))
+        del index, ivf
     return out
 
 def bench_pooling(ds, a, T:int=8, d:int=1152, nq:int=500) -> list:
@@ -224,9 +230,9 @@ def bench_rerun(ds, a) -> list:
 
 # ---------------------------------------------------------------- the table
 
-from models_bench import bench_judge, bench_generate, bench_encode, bench_frames
+from models_bench import bench_judge, bench_likelihood, bench_generate, bench_encode, bench_frames
 
-ROWS = dict(judge=bench_judge, generate=bench_generate, encode=bench_encode, frames=bench_frames, clean=bench_clean,
+ROWS = dict(judge=bench_judge, likelihood=bench_likelihood, generate=bench_generate, encode=bench_encode, frames=bench_frames, clean=bench_clean,
             load=bench_load, gallery=bench_gallery, search=bench_search, **{'search-1m': bench_search_1m},
             pooling=bench_pooling, **{'retrieve-1m': bench_retrieve_1m}, rerun=bench_rerun)
 if importlib.util.find_spec('llama_cpp'):
@@ -248,7 +254,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     a.n_judge, a.n_gen, a.n_index, a.n_pool, a.n_million, a.n_subset, a.n_videos, a.n_rerun, a.n_served = \
         (30, 8, 50_000, 2_000, 200_000, 20_000, 30, 12, 40) if a.quick else (100, 32, 200_000, 10_000, 1_000_000, 50_000, 100, 200, 200)
-    a.repeats = None
+    a.repeats, a.n_like = None, (16 if a.quick else 64)
     import torch
     from r3covr.synthetic import make_synthetic
     ds = make_synthetic(n_queries=200)

@@ -13,7 +13,8 @@ from .models import Chat, Encoder, VLM, VideoPart, l2norm, resolve_weights, file
 from .qwen3vl import prefix_scored, cache_kw, cache_of
 
 # %% auto #0
-__all__ = ['CHATML', 'mean_pool', 'SentenceEncoder', 'gguf_cache', 'load_gguf', 'CausalLM', 'left_pad']
+__all__ = ['CHATML', 'mean_pool', 'SentenceEncoder', 'gguf_cache', 'load_gguf', 'CausalLM', 'left_pad', 'length_groups',
+           'cache_rows']
 
 # %% ../nbs/03c_caption.ipynb #c015
 def mean_pool(hidden, mask):
@@ -183,39 +184,52 @@ def yes_no_logits(self:CausalLM, prompts:list) -> np.ndarray:
     return prefix_scored(ids, ids, self._run, self.batch_size, self.share_prefix)
 
 # %% ../nbs/03c_caption.ipynb #5c1a7e02
+def length_groups(lengths:list, budget:int, most:int|None=None) -> list:
+    "Indices sorted by `lengths`, cut into groups whose size x longest stays within `budget` (and size within `most`)."
+    out, cur = [], []
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        if cur and ((len(cur) + 1) * lengths[i] > budget or len(cur) == (most or budget)): out.append(cur); cur = []
+        cur.append(i)
+    return out + [cur] if cur else out
+
+def cache_rows(cache, rows:list):
+    "A copy of KV `cache` holding only batch `rows`; `cache` itself is left whole (its tensors are shared, not copied)."
+    import copy, torch
+    if not hasattr(cache, 'layers'): cache = copy.deepcopy(cache)          # a cache without layers: copy it all
+    else: cache = copy.copy(cache); cache.layers = [copy.copy(l) for l in cache.layers]
+    cache.batch_select_indices(torch.as_tensor(rows)); return cache
+
 @patch
-def _answers(self:CausalLM, heads:list, tails:list, owner:list) -> np.ndarray:
-    "log P(tail | its head) of each token list in `tails`, `owner[i]` the index in `heads` of tail i's prompt: one batched pass each."
+def _answers(self:CausalLM, heads:list, tails:list, owner:list, budget:int=512) -> np.ndarray:
+    "log P(tail | its head) of each token list in `tails`, `owner[i]` the index in `heads` of tail i's prompt."
     import torch
-    ids, mask = left_pad(heads, self.tok.pad_token_id)
+    pad, out = self.tok.pad_token_id, np.zeros(len(tails))
+    ids, mask = left_pad(heads, pad)
     with torch.inference_mode():
         o = self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True, logits_to_keep=1)
         first, cache = o.logits[:, -1].float().log_softmax(-1), cache_of(o)
-        cache.batch_select_indices(torch.tensor(owner))
-        L = max(map(len, tails))
-        x = torch.tensor([t + [self.tok.pad_token_id] * (L - len(t)) for t in tails])
-        m = torch.cat([mask[owner], torch.tensor([[1] * len(t) + [0] * (L - len(t)) for t in tails])], 1)
-        pos = torch.tensor([len(heads[h]) for h in owner])[:, None] + torch.arange(L)
-        lp = self.model(input_ids=x, attention_mask=m, position_ids=pos, **cache_kw(self.model, cache)).logits.float().log_softmax(-1)
-    rows = torch.arange(len(tails))
-    out = first[owner, x[:, 0]].double()
-    for j in range(1, L):                                 # token j of each row that has one, read at position j - 1
-        live = torch.tensor([len(t) > j for t in tails])
-        out[live] += lp[rows[live], j - 1, x[live, j]].double()
-    return out.numpy()
+        for g in length_groups([len(t) for t in tails], budget):      # answers of like length together: little padding
+            own, T = [owner[i] for i in g], [tails[i] for i in g]
+            L, n = max(map(len, T)), torch.tensor([len(t) for t in T])
+            x = torch.tensor([t + [pad] * (L - len(t)) for t in T])
+            m = torch.cat([mask[own], (torch.arange(L) < n[:, None]).long()], 1)
+            pos = torch.tensor([len(heads[h]) for h in own])[:, None] + torch.arange(L)
+            lp = self.model(input_ids=x, attention_mask=m, position_ids=pos, **cache_kw(self.model, cache_rows(cache, own))).logits.float().log_softmax(-1)
+            later = lp[:, :-1].gather(-1, x[:, 1:, None])[..., 0].double()     # token j read at position j - 1
+            out[g] = (first[own, x[:, 0]].double() + (later * (torch.arange(1, L) < n[:, None])).sum(1)).numpy()
+    return out
 
 @patch
-def continuation_logprobs(self:CausalLM, prompts:list, texts:list) -> np.ndarray:
-    "(n,): log P(text, then the end of the turn | prompt); each distinct prompt computed once, in batches."
+def continuation_logprobs(self:CausalLM, prompts:list, texts:list, budget:int=2048) -> np.ndarray:
+    "(n,): log P(text, then the end of the turn | prompt); each distinct prompt computed once, prompts of like length batched."
     heads = [self.chat_text(p) for p in prompts]
     tails = [self.tok(t, add_special_tokens=False)['input_ids'] + [self.tok.eos_token_id] for t in texts]
     distinct = list(dict.fromkeys(heads))
-    head_ids = dict(zip(distinct, self.tok(distinct, add_special_tokens=False)['input_ids'])) if distinct else {}
-    out = np.zeros(len(heads))
-    for chunk in batches(distinct, self.batch_size):
-        at = {h: j for j, h in enumerate(chunk)}
-        rows = [i for i, h in enumerate(heads) if h in at]
-        for part in batches(rows, min(2 * self.batch_size, 32)):   # answers per pass: their logits (rows x length x vocabulary) grow fast
-            used = list(dict.fromkeys(heads[i] for i in part))
-            out[part] = self._answers([head_ids[h] for h in used], [tails[i] for i in part], [used.index(heads[i]) for i in part])
+    head_ids = self.tok(distinct, add_special_tokens=False)['input_ids'] if distinct else []
+    rows_of, out = {}, np.zeros(len(heads))
+    for i, h in enumerate(heads): rows_of.setdefault(h, []).append(i)
+    for g in length_groups([len(x) for x in head_ids], budget, self.batch_size):
+        at = {distinct[j]: a for a, j in enumerate(g)}
+        rows = [i for j in g for i in rows_of[distinct[j]]]
+        out[rows] = self._answers([head_ids[j] for j in g], [tails[i] for i in rows], [at[heads[i]] for i in rows])
     return out

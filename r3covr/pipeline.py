@@ -21,10 +21,10 @@ from .settings import run_config, dataset_of, dataset_fingerprint
 from .core import cache_dir
 
 # %% auto #0
-__all__ = ['OPERATIONAL', 'ROUTES', 'BASELINES', 'ROW_NAMES', 'ABLATION_COLS', 'stage_keys', 'part', 'reason', 'embed',
-           'search_texts', 'search_reps', 'route_texts', 'route_gallery', 'fuse', 'Retrieved', 'retrieve',
-           'needs_descriptions', 'rerank', 'row_names', 'common_queries', 'evaluate', 'cap_texts', 'run',
-           'ablation_table', 'ablate']
+__all__ = ['OPERATIONAL', 'ROUTES', 'BASELINES', 'ROW_NAMES', 'ABLATION_COLS', 'stage_keys', 'part', 'reason', 'Later', 'embed',
+           'text_vectors', 'search_texts', 'search_reps', 'route_texts', 'route_gallery', 'fuse', 'Retrieved',
+           'retrieve', 'needs_descriptions', 'rerank', 'row_names', 'common_queries', 'evaluate', 'cap_texts', 'capped',
+           'run', 'ablation_table', 'ablate']
 
 # %% ../nbs/08_pipeline.ipynb #c012
 OPERATIONAL = ('batch_size', 'base_url', 'concurrency', 'timeout', 'retries', 'api_key_env')   # change how, not what
@@ -67,15 +67,28 @@ def reason(cfg:dict, ds:CoVRDataset, models:Models, folder:RunFolder) -> dict:
     return {q.id: done[q.id] for q in ds if q.id in done}
 
 # %% ../nbs/08_pipeline.ipynb #c026
+class Later:
+    "Stands in for the object `make()` returns, and makes it at its first use: a fully cached gallery never loads the encoder."
+    def __init__(self, make): self._make, self._made = make, None
+    def __getattr__(self, name):
+        if self._made is None: self._made = self._make()
+        return getattr(self._made, name)
+
 def embed(cfg:dict, ds:CoVRDataset, models:Models, folder:RunFolder) -> Gallery:
     "The gallery's embeddings (cached by content in r3covr's cache); videos that fail are recorded in the folder."
     per_frame = cfg['pooling'] == 'query'
     frames = {**cfg['frames'], **({'per_frame': True} if per_frame else {})}
     key = gallery_key(cfg['encoder']['model'], models.weights('encoder'), cfg['view'], frames, ds.gallery)
-    ids, emb, errs = embed_gallery([ds.videos[g] for g in ds.gallery], models.encoder, cfg['view'], cfg['frames'],
+    ids, emb, errs = embed_gallery([ds.videos[g] for g in ds.gallery], Later(lambda: models.encoder), cfg['view'], cfg['frames'],
                                    cache_dir('gallery', key), per_frame=per_frame, retry_failed=cfg['retry_failed'])
     folder.record_errors('gallery', errs)
     return Gallery(ids, emb, cfg['pool_temperature'])
+
+def text_vectors(cfg:dict, models:Models, folder:RunFolder|None, texts:list) -> np.ndarray:
+    "The encoder's vectors of `texts`, kept in `folder`'s memo by content: a warm rerun reads them back and loads no encoder."
+    compute = lambda: models.encoder.embed_texts(list(texts))
+    if folder is None: return compute()
+    return folder.memo('vectors', stable_hash([models.weights('encoder'), _section(cfg['encoder']), list(texts)]), compute)
 
 def search_texts(cfg:dict, ds:CoVRDataset, models:Models, gallery:Gallery, texts:dict) -> tuple:
     "(shortlists by id, target ranks by id) of query `texts` (by query id) over `gallery`."
@@ -115,8 +128,9 @@ def route_texts(route:str, qs:list, ds:CoVRDataset, descriptions:dict, view:str=
     if route in ('direct', 'lexical'): return [baseline_text(q, c, 'caption+edit') for q, c in zip(qs, caps)]
 
 # %% ../nbs/08_pipeline.ipynb #7b20c003
-def route_gallery(route:str, cfg:dict, ds:CoVRDataset, models:Models, gallery:Gallery, qs:list, descriptions:dict) -> tuple:
-    "(gallery to search, query representations) of `route` for queries `qs`; `ConfigError` when the view cannot give it."
+def route_gallery(route:str, cfg:dict, ds:CoVRDataset, models:Models, gallery:Gallery, qs:list, descriptions:dict,
+                  folder:RunFolder|None=None) -> tuple:
+    "(gallery to search, query representations) of `route` for queries `qs` (text vectors kept in `folder`); `ConfigError` when the view cannot give it."
     texts = route_texts(route, qs, ds, descriptions, cfg['view'])
     if route == 'lexical':
         docs = _captions(ds, gallery.ids)
@@ -126,9 +140,9 @@ def route_gallery(route:str, cfg:dict, ds:CoVRDataset, models:Models, gallery:Ga
         bm = BM25.build(docs)
         lex = Fused(gallery.ids, {'lexical': (bm, 1.)})
         return lex, lex.prepare(Queries({'lexical': [bm.query(t) for t in texts]}))
-    if texts is not None: return gallery, models.encoder.embed_texts(texts)
+    if texts is not None: return gallery, text_vectors(cfg, models, folder, texts)
     if route == 'direct' and cfg['view'] == 'frames':
-        e = models.encoder.embed_texts([q.edit for q in qs])
+        e = text_vectors(cfg, models, folder, [q.edit for q in qs])
         return gallery, l2norm(_reference_vectors(cfg, ds, models, gallery, qs) + e)
     if route == 'reference' and cfg['view'] == 'frames': return gallery, _reference_vectors(cfg, ds, models, gallery, qs)
     raise ConfigError(f'route {route}: this dataset has no captions to build it from')
@@ -168,7 +182,7 @@ def retrieve(cfg:dict, ds:CoVRDataset, models:Models, folder:RunFolder, descript
     extra = [r for r in BASELINES if cfg['baselines'] and r not in cfg['routes'] and can(r)]
     parts, ranks, sls = {}, {}, {}
     for r in [*cfg['routes'], *extra]:
-        parts[r] = route_gallery(r, cfg, ds, models, gallery, qs, descriptions)
+        parts[r] = route_gallery(r, cfg, ds, models, gallery, qs, descriptions, folder)
         sls[r], ranks[r] = search_reps(cfg, ds, parts[r][0], qs, parts[r][1])
     row = cfg['routes'][0]
     if len(cfg['routes']) > 1:
@@ -274,6 +288,21 @@ def cap_texts(ds:CoVRDataset, encoder, limit:int) -> tuple:
             if n > limit: vids[vid] = replace(v, caption=cap); cuts.append((vid, f'caption cut from {n} to {encoder.count_tokens(cap)} tokens'))
     return (replace(ds, queries=tuple(qs), videos=vids) if cuts else ds), cuts
 
+def capped(cfg:dict, ds:CoVRDataset, models:Models, folder:RunFolder) -> tuple:
+    "`cap_texts` of `ds` through `folder`'s memo: (capped dataset, cuts); a warm rerun reads the cuts back and loads no tokenizer."
+    limit = cfg['max_text_tokens']
+    key = stable_hash([models.weights('encoder'), _section(cfg['encoder']), limit, [[q.id, q.edit] for q in ds],
+                       sorted([v, x.caption] for v, x in ds.videos.items() if x.caption)])
+    def work():
+        new, cuts = cap_texts(ds, models.encoder, limit)
+        return dict(edits={q.id: q.edit for q, o in zip(new.queries, ds.queries) if q.edit != o.edit},
+                    captions={v: x.caption for v, x in new.videos.items() if x.caption != ds.videos[v].caption}, cuts=cuts)
+    m = folder.memo('cuts', key, work)
+    if not m['cuts']: return ds, []
+    qs = tuple(replace(q, edit=m['edits'][q.id]) if q.id in m['edits'] else q for q in ds.queries)
+    vids = {v: replace(x, caption=m['captions'][v]) if v in m['captions'] else x for v, x in ds.videos.items()}
+    return replace(ds, queries=qs, videos=vids), [tuple(c) for c in m['cuts']]
+
 # %% ../nbs/08_pipeline.ipynb #c039
 def run(folder, ds:CoVRDataset|None=None, models:Models|None=None, **settings) -> dict:
     "Run every stage (resuming what is done) into `folder`, evaluate, and return the metrics (with the table)."
@@ -284,7 +313,7 @@ def run(folder, ds:CoVRDataset|None=None, models:Models|None=None, **settings) -
         folder.reset_errors(keep=not cfg['retry_failed'])
         folder.record_errors('load', [(s['item'], s['reason']) for s in ds.skipped])
         data = dict(dataset_size=len(ds), dataset_fingerprint=dataset_fingerprint(ds))
-        ds, cuts = cap_texts(ds, models.encoder, cfg['max_text_tokens'])
+        ds, cuts = capped(cfg, ds, models, folder)
         folder.record_errors('cut', cuts)
         folder.start({**cfg, 'keys': stage_keys(cfg, ds, models), 'weights': {r: models.weights(r) for r in ('encoder', 'vlm')}, **data})
         t, times = time.time(), {}

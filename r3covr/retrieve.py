@@ -129,15 +129,20 @@ class ExactIndex:
         import faiss
         return faiss.knn(np.ascontiguousarray(q, dtype=np.float32), self.emb, k, metric=faiss.METRIC_INNER_PRODUCT)
 
-INDEXES = ('flat', 'ivf', 'hnsw')
+INDEXES = ('flat', 'ivf', 'ivfpq', 'hnsw')
+
+def _pq_parts(d:int) -> int:
+    "Sub-vectors of 4-bit product-quantiser codes for dimension `d`: about one per 4 dimensions, dividing `d`."
+    return next(m for m in range(max(1, d // 4), 0, -1) if d % m == 0)
 
 def build_index(emb:np.ndarray, kind:str='flat',
                 hnsw_m:int=32,          # HNSW: graph neighbours per node
                 ef_search:int=128,      # HNSW: candidates kept while searching (raised to k+1 at search time)
                 nlist:int|None=None,    # IVF: clusters; default 4 sqrt(n)
                 nprobe:int=32,          # IVF: clusters visited per query
+                k_factor:int=4,         # ivfpq: candidates per wanted neighbour re-scored exactly
                 seed:int=0):
-    "A top-K index over unit vectors `emb`: exact (`flat`) or approximate (`ivf`, `hnsw`), inner product."
+    "A top-K index over unit vectors `emb`: exact (`flat`) or approximate (`ivf`, `ivfpq`, `hnsw`), inner product."
     import faiss
     if kind not in INDEXES: raise ValueError(f'unknown index kind {kind!r}: one of {INDEXES}')
     emb = np.ascontiguousarray(emb, dtype=np.float32)
@@ -147,9 +152,13 @@ def build_index(emb:np.ndarray, kind:str='flat',
         index = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT); index.hnsw.efSearch = ef_search
     else:
         nlist = max(1, min(nlist or int(4 * np.sqrt(n)), n // 39 or 1))    # faiss wants >= 39 points per centroid
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
-        sample = np.random.default_rng(seed).choice(n, min(n, 256 * nlist), replace=False)
-        index.train(emb[np.sort(sample)]); index.nprobe = min(nprobe, nlist)
+        if kind == 'ivf': index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        else:
+            if n < 39 * 16: raise R3Error(f'index ivfpq needs at least {39 * 16} gallery vectors to train its codes, got {n}: use index=flat')
+            index = faiss.index_factory(d, f'IVF{nlist},PQ{_pq_parts(d)}x4fs,RFlat', faiss.METRIC_INNER_PRODUCT)
+            index.k_factor = k_factor
+        sample = np.random.default_rng(seed).choice(n, min(n, 64 * nlist), replace=False)     # k-means needs tens a centroid
+        index.train(emb[np.sort(sample)]); faiss.extract_index_ivf(index).nprobe = min(nprobe, nlist)
     index.add(emb)
     return index
 

@@ -4,20 +4,21 @@
 
 # %% ../nbs/07a_runfolder.ipynb #f003
 from __future__ import annotations
-import json, os, re, socket, time
+import io, json, os, re, socket, time
 from contextlib import contextmanager
 from pathlib import Path
 from .core import (R3Error, DataError, ServiceError, append_jsonl, atomic_write, read_json, read_jsonl, write_json, write_jsonl,
                          safe_name)
 
 # %% auto #0
-__all__ = ['LAYOUT', 'STAGES', 'FILES', 'RunFolder']
+__all__ = ['LAYOUT', 'STAGES', 'FILES', 'MEMOS', 'RunFolder']
 
 # %% ../nbs/07a_runfolder.ipynb #f006
 LAYOUT = 2
 STAGES = ('generations', 'descriptions', 'shortlists', 'judge')
 FILES = dict(config='config.json', rankings='rankings.jsonl', ranks='ranks.json', metrics='metrics.json',
              table='table.md', errors='errors.jsonl', lock='run.lock')
+MEMOS = dict(vectors='.npy', cuts='.json', figures='.json')     # what a warm rerun reads instead of recomputing
 
 class RunFolder:
     "A run's folder: the only place that names its files."
@@ -25,11 +26,14 @@ class RunFolder:
     def __repr__(self): return f'RunFolder({str(self.dir)!r})'
 
     def path(self, name:str, key:str|None=None) -> Path:
-        "The file of stage `name` under `key`, or the fixed file `name`."
+        "The file of stage or memo `name` under `key`, or the fixed file `name`."
         if name in STAGES:
             if not key: raise ValueError(f'stage file {name!r} needs a key')
             return self.dir/f'{name}-{key}.jsonl'
-        if name not in FILES: raise KeyError(f'{name!r} is not a file of a run folder: one of {STAGES + tuple(FILES)}')
+        if name in MEMOS:
+            if not key: raise ValueError(f'memo {name!r} needs a key')
+            return self.dir/'memo'/f'{name}-{key}{MEMOS[name]}'
+        if name not in FILES: raise KeyError(f'{name!r} is not a file of a run folder: one of {STAGES + tuple(MEMOS) + tuple(FILES)}')
         return self.dir/FILES[name]
 
     def figure(self, name:str, qid:str|None=None) -> Path:
@@ -64,6 +68,20 @@ def read(self:RunFolder, name:str, key:str|None=None, default=None):
     p = self.path(name, key)
     if not p.exists(): return default
     return read_json(p) if p.suffix == '.json' else p.read_text(encoding='utf-8')
+
+# %% ../nbs/07a_runfolder.ipynb #f012b
+@patch
+def memo(self:RunFolder, name:str, key:str, compute):
+    "What `compute()` returns, kept under `key`: computed on the first call and read back on the next (arrays as .npy, else JSON)."
+    import numpy as np
+    p = self.path(name, key)
+    if p.exists():
+        try: return np.load(p) if p.suffix == '.npy' else read_json(p)
+        except (DataError, ValueError, OSError): pass                 # unreadable: computed again
+    out = compute()
+    if p.suffix == '.npy': buf = io.BytesIO(); np.save(buf, np.asarray(out)); atomic_write(p, buf.getvalue())
+    else: write_json(p, out)
+    return out
 
 # %% ../nbs/07a_runfolder.ipynb #f014
 @patch

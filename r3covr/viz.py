@@ -8,7 +8,7 @@ import base64, html, io, sys, textwrap, unicodedata
 from functools import cached_property, lru_cache
 from pathlib import Path
 import numpy as np
-from .core import R3Error, DataError, CoVRDataset, atomic_write
+from .core import R3Error, DataError, CoVRDataset, atomic_write, stable_hash
 from .metrics import recall_at_k, as_ranks
 from .runfolder import RunFolder
 from .settings import dataset_of, dataset_fingerprint
@@ -237,14 +237,20 @@ def example_queries(run) -> dict:
 
 # %% ../nbs/09_viz.ipynb #c044
 def save_run_figures(run, dpi:int=90) -> list:
-    "Write the lengths, rank-shift, recall and example-query figures of a run into its folder; their paths."
-    r = load_run(run); f, paths = r.folder, []
-    if r.desc: paths.append(_save(plot_lengths(r), f.figure('lengths'), dpi))
-    if retrieved_ranks(r) and 'rerank' in r.ranks: paths.append(_save(plot_rank_shift(r), f.figure('rank_shift'), dpi))
-    if r.ranks: paths.append(_save(plot_recall_curves(run_ranks(r)), f.figure('recall'), dpi))
-    for qid in dict.fromkeys(example_queries(r).values()):
-        paths.append(_save(plot_query(r, qid, n_candidates=4, n_frames=4), f.figure('query', qid), dpi))
-    return paths
+    "Write the lengths, rank-shift, recall and example-query figures of a run into its folder; their paths (unchanged ones are not redrawn)."
+    r = load_run(run); f = r.folder
+    def draw():
+        paths = []
+        if r.desc: paths.append(_save(plot_lengths(r), f.figure('lengths'), dpi))
+        if retrieved_ranks(r) and 'rerank' in r.ranks: paths.append(_save(plot_rank_shift(r), f.figure('rank_shift'), dpi))
+        if r.ranks: paths.append(_save(plot_recall_curves(run_ranks(r)), f.figure('recall'), dpi))
+        for qid in dict.fromkeys(example_queries(r).values()):
+            paths.append(_save(plot_query(r, qid, n_candidates=4, n_frames=4), f.figure('query', qid), dpi))
+        return [str(p.relative_to(f.dir)) for p in paths]
+    key = stable_hash([r.cfg['keys'], r.ranks, dpi])            # what the figures show: the stages' records and the ranks
+    names = f.memo('figures', key, draw)
+    if not all((f.dir/n).exists() for n in names): f.path('figures', key).unlink(); names = f.memo('figures', key, draw)
+    return [f.dir/n for n in names]
 
 # %% ../nbs/09_viz.ipynb #c047
 @lru_cache(maxsize=1024)
