@@ -193,7 +193,7 @@ def length_groups(lengths:list, budget:int, most:int|None=None) -> list:
     return out + [cur] if cur else out
 
 def cache_rows(cache, rows:list):
-    "A copy of KV `cache` holding only batch `rows`; `cache` itself is left whole (its tensors are shared, not copied)."
+    "A new KV cache holding only batch `rows` of `cache`; `cache` itself is left whole."
     import copy, torch
     if not hasattr(cache, 'layers'): cache = copy.deepcopy(cache)          # a cache without layers: copy it all
     else: cache = copy.copy(cache); cache.layers = [copy.copy(l) for l in cache.layers]

@@ -11,7 +11,7 @@ import numpy as np
 from .core import CoVRDataset, ConfigError, DataError, Video, atomic_write, markdown_table, stable_hash, write_jsonl
 from .models import Models, video_part, l2norm
 from .reason import generate_raw, describe_raw, baseline_text, PROMPTS, CLEANER
-from .retrieve import Gallery, Shortlist, embed_gallery, gallery_key, retrieve as search_gallery
+from .retrieve import Gallery, Shortlist, INDEX_VERSION, embed_gallery, gallery_key, retrieve as search_gallery
 from .routes import BM25, Fused, Queries, RRF, gated_blend
 from .rerank import (JUDGE_VERSION, PAIR_VERSION, LIKELIHOOD_VERSION, judge, judge_value, pair_scores, tournament,
                            likelihood_scores, reorder, reranked_rank)
@@ -40,7 +40,8 @@ def stage_keys(cfg:dict, ds:CoVRDataset, models:Models) -> dict:
     r = stable_hash([g, CLEANER])
     pool = [cfg['pooling'], cfg['pool_temperature']] if cfg['pooling'] != 'mean' else []
     routes = [cfg['routes'], cfg['route_weights'], cfg['fusion'], cfg['gate']] if cfg['routes'] != ['description'] else []
-    s = stable_hash([r, cfg['k'], cfg['merged'], cfg['index'], stable_hash(sorted(ds.gallery))] + pool + routes)
+    index = cfg['index'] if cfg['index'] == 'flat' else [cfg['index'], INDEX_VERSION]      # how an approximate index is built
+    s = stable_hash([r, cfg['k'], cfg['merged'], index, stable_hash(sorted(ds.gallery))] + pool + routes)
     mode = {'pointwise': [JUDGE_VERSION], 'tournament': ['tournament', PAIR_VERSION], 'likelihood': ['likelihood', LIKELIHOOD_VERSION]}
     j = stable_hash([s, cfg['with_reference'], *mode[cfg['rerank_mode']]])
     return dict(generate=g, reason=r, retrieve=s, judge=j)
@@ -211,7 +212,8 @@ def _judgements(cfg:dict, ds:CoVRDataset, models:Models, folder:RunFolder, descr
         elif mode == 'tournament': got = pair_scores(batch, ex, sl, show, models.vlm, k, cfg['with_reference'])
         else: got = likelihood_scores(batch, sl, show, models.vlm, k, caption=lambda v: (ds.videos.get(v) or Video(v)).caption)
         return [dict(id=q.id, ids=list(s.ids[:len(g)]), scores=g) for q, s, g in zip(batch, sl, got)]
-    deep = lambda rec, q: len(rec['ids']) >= min(k, len(shortlists[q.id].ids))
+    deep = lambda rec, q: (len(rec['ids']) >= min(k, len(shortlists[q.id].ids))                  # judged deep enough,
+                           and rec['ids'] == list(shortlists[q.id].ids[:len(rec['ids'])]))       # and these candidates
     qs = [q for q in ds if q.id in shortlists]
     return folder.resume('judge', stage_keys(cfg, ds, models)['judge'], qs, work, max(1, cfg['batch_size'] // 2), 'rerank', done=deep)
 

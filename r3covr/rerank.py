@@ -130,16 +130,17 @@ def likelihood_prompts(edit:str, reference:VideoPart) -> tuple:
 def likelihood_scores(queries:list, shortlists:list, part, vlm:VLM, k:int|None=None,
                       caption=None) -> list: # video id -> caption (default: `part(id).caption`; the frames view shows no caption)
     "2 log P(caption | reference, edit) - log P(caption | reference) of the top-`k` candidates of each shortlist."
-    prompts, texts, sizes = [], [], []
+    prompts, texts, kept = [], [], []
     caption = caption or (lambda v: part(v).caption)
     for q, s in zip(queries, shortlists):
-        ids = s.ids[:k]
         cond, keep = likelihood_prompts(q.edit, part(q.reference))
-        caps = [caption(c) for c in ids]
+        caps = [caption(c) for c in s.ids[:k]]
         if any(c is None for c in caps): raise R3Error(f'query {q.id}: the likelihood reranker needs candidate captions')
-        prompts += [cond] * len(ids) + [keep] * len(ids); texts += caps * 2; sizes.append(len(ids))
+        uniq = list(dict.fromkeys(caps))       # a caption several candidates share is scored once: they tie exactly
+        prompts += [cond] * len(uniq) + [keep] * len(uniq); texts += uniq * 2; kept.append((caps, uniq))
     lp = np.asarray(vlm.continuation_logprobs(prompts, texts), dtype=np.float64) if prompts else np.zeros(0)
     out, s = [], 0
-    for n in sizes:
-        c, u = lp[s:s+n], lp[s+n:s+2*n]; out.append((2 * c - u).tolist()); s += 2 * n
+    for caps, uniq in kept:
+        n = len(uniq); score = dict(zip(uniq, 2 * lp[s:s+n] - lp[s+n:s+2*n])); s += 2 * n
+        out.append([float(score[c]) for c in caps])
     return out

@@ -12,9 +12,9 @@ from .core import R3Error, CoVRDataset, Query, Video, atomic_write, stable_hash
 from .models import Encoder, video_part, l2norm
 
 # %% auto #0
-__all__ = ['INDEXES', 'pad_frames', 'video_signature', 'embed_chunk', 'embed_gallery', 'gallery_key', 'Gallery', 'ExactIndex',
-           'build_index', 'Shortlist', 'search', 'rank_targets', 'gallery_index', 'retrieve', 'query_pooled_scores',
-           'ScanIndex']
+__all__ = ['INDEXES', 'INDEX_VERSION', 'pad_frames', 'video_signature', 'embed_chunk', 'embed_gallery', 'gallery_key', 'Gallery',
+           'ExactIndex', 'build_index', 'Shortlist', 'search', 'rank_targets', 'gallery_index', 'retrieve',
+           'query_pooled_scores', 'ScanIndex']
 
 # %% ../nbs/05_retrieve.ipynb #c006
 def pad_frames(sets:list) -> np.ndarray:
@@ -130,6 +130,7 @@ class ExactIndex:
         return faiss.knn(np.ascontiguousarray(q, dtype=np.float32), self.emb, k, metric=faiss.METRIC_INNER_PRODUCT)
 
 INDEXES = ('flat', 'ivf', 'ivfpq', 'hnsw')
+INDEX_VERSION = 2      # bump when the approximate indexes are built differently: their shortlists are cached under it
 
 def _pq_parts(d:int) -> int:
     "Sub-vectors of 4-bit product-quantiser codes for dimension `d`: about one per 4 dimensions, dividing `d`."
@@ -154,7 +155,7 @@ def build_index(emb:np.ndarray, kind:str='flat',
         nlist = max(1, min(nlist or int(4 * np.sqrt(n)), n // 39 or 1))    # faiss wants >= 39 points per centroid
         if kind == 'ivf': index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
         else:
-            if n < 39 * 16: raise R3Error(f'index ivfpq needs at least {39 * 16} gallery vectors to train its codes, got {n}: use index=flat')
+            if n < 39 * 16: return ExactIndex(emb)       # too few to train 4-bit codes on, and exact search is cheap there
             index = faiss.index_factory(d, f'IVF{nlist},PQ{_pq_parts(d)}x4fs,RFlat', faiss.METRIC_INNER_PRODUCT)
             index.k_factor = k_factor
         sample = np.random.default_rng(seed).choice(n, min(n, 64 * nlist), replace=False)     # k-means needs tens a centroid

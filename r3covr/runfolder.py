@@ -17,8 +17,8 @@ __all__ = ['LAYOUT', 'STAGES', 'FILES', 'MEMOS', 'RunFolder']
 LAYOUT = 2
 STAGES = ('generations', 'descriptions', 'shortlists', 'judge')
 FILES = dict(config='config.json', rankings='rankings.jsonl', ranks='ranks.json', metrics='metrics.json',
-             table='table.md', errors='errors.jsonl', lock='run.lock')
-MEMOS = dict(vectors='.npy', cuts='.json', figures='.json')     # what a warm rerun reads instead of recomputing
+             table='table.md', errors='errors.jsonl', lock='run.lock', figures='figures/drawn.json')
+MEMOS = dict(vectors='.npy', cuts='.json')     # what a warm rerun reads instead of recomputing
 
 class RunFolder:
     "A run's folder: the only place that names its files."
@@ -77,7 +77,7 @@ def memo(self:RunFolder, name:str, key:str, compute):
     p = self.path(name, key)
     if p.exists():
         try: return np.load(p) if p.suffix == '.npy' else read_json(p)
-        except (DataError, ValueError, OSError): pass                 # unreadable: computed again
+        except (DataError, ValueError, OSError, EOFError): pass       # unreadable: computed again
     out = compute()
     if p.suffix == '.npy': buf = io.BytesIO(); np.save(buf, np.asarray(out)); atomic_write(p, buf.getvalue())
     else: write_json(p, out)

@@ -247,10 +247,11 @@ def save_run_figures(run, dpi:int=90) -> list:
         for qid in dict.fromkeys(example_queries(r).values()):
             paths.append(_save(plot_query(r, qid, n_candidates=4, n_frames=4), f.figure('query', qid), dpi))
         return [str(p.relative_to(f.dir)) for p in paths]
-    key = stable_hash([r.cfg['keys'], r.ranks, dpi])            # what the figures show: the stages' records and the ranks
-    names = f.memo('figures', key, draw)
-    if not all((f.dir/n).exists() for n in names): f.path('figures', key).unlink(); names = f.memo('figures', key, draw)
-    return [f.dir/n for n in names]
+    key = stable_hash([r.cfg['keys'], r.ranks, r.desc, r.rankings, r.judged, dpi])    # everything the figures show
+    drawn = f.read('figures', default={})
+    if drawn.get('key') != key or not all((f.dir/n).exists() for n in drawn.get('names', [])):
+        drawn = dict(key=key, names=draw()); f.write('figures', drawn)
+    return [f.dir/n for n in drawn['names']]
 
 # %% ../nbs/09_viz.ipynb #c047
 @lru_cache(maxsize=1024)
