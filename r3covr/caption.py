@@ -10,12 +10,11 @@ import numpy as np
 from fastcore.basics import patch
 from .core import R3Error, cache_dir, stable_hash
 from .models import (Chat, Encoder, VLM, VideoPart, l2norm, resolve_weights, file_sha256, batches, answer_token_ids, WHEELS,
-                           prefix_scored, cache_kw, cache_of)
+                           prefix_scored, cache_kw, cache_of, cache_rows)
 
 
 # %% auto #0
-__all__ = ['CHATML', 'mean_pool', 'SentenceEncoder', 'gguf_cache', 'load_gguf', 'CausalLM', 'left_pad', 'length_groups',
-           'cache_rows']
+__all__ = ['CHATML', 'mean_pool', 'SentenceEncoder', 'gguf_cache', 'load_gguf', 'CausalLM', 'left_pad', 'length_groups']
 
 # %% ../nbs/03c_caption.ipynb #c015
 def mean_pool(hidden, mask):
@@ -192,13 +191,6 @@ def length_groups(lengths:list, budget:int, most:int|None=None) -> list:
         if cur and ((len(cur) + 1) * lengths[i] > budget or len(cur) == (most or budget)): out.append(cur); cur = []
         cur.append(i)
     return out + [cur] if cur else out
-
-def cache_rows(cache, rows:list):
-    "A new KV cache holding only batch `rows` of `cache`; `cache` itself is left whole."
-    import copy, torch
-    if not hasattr(cache, 'layers'): cache = copy.deepcopy(cache)          # a cache without layers: copy it all
-    else: cache = copy.copy(cache); cache.layers = [copy.copy(l) for l in cache.layers]
-    cache.batch_select_indices(torch.as_tensor(rows)); return cache
 
 @patch
 def _answers(self:CausalLM, heads:list, tails:list, owner:list, budget:int=512) -> np.ndarray:

@@ -16,7 +16,7 @@ __all__ = ['PRESET_DIR', 'WHEELS', 'TWINS', 'BACKENDS', 'ANSWER_SPELLINGS', 'Vid
            'merge', 'list_presets', 'load_preset', 'wheel_file', 'file_sha256', 'fingerprint', 'Weights', 'is_local',
            'resolve_weights', 'register_backend', 'backend_class', 'create_encoder', 'create_vlm', 'Models',
            'video_part', 'batches', 'answer_token_ids', 'hub_available', 'common_prefix', 'prefix_runs', 'cache_kw',
-           'cache_of', 'prefix_scored']
+           'cache_of', 'cache_rows', 'prefix_scored']
 
 # %% ../nbs/03_models.ipynb #c006
 @dataclass(frozen=True)
@@ -334,9 +334,15 @@ def cache_of(out):
     "The KV cache a forward pass returned (None without one)."
     return next((out[k] for k in ('cache', 'past_key_values') if k in out.keys()), None)
 
+def cache_rows(cache, rows:list):
+    "A new KV cache holding batch `rows` of `cache` (a row may repeat); `cache` itself is left whole, its tensors unchanged."
+    import copy, torch
+    if not hasattr(cache, 'layers'): cache = copy.deepcopy(cache)          # a cache without layers: copy it all
+    else: cache = copy.copy(cache); cache.layers = [copy.copy(l) for l in cache.layers]
+    cache.batch_select_indices(torch.as_tensor(rows)); return cache
+
 def prefix_scored(items:list, keys:list, run, batch_size:int, share:bool=True) -> np.ndarray:
     "(n, 2) yes/no logits of `items` via `run(items, start, stop, cache) -> (logits, cache)`, each shared prefix computed once."
-    import copy
     runs = prefix_runs(keys) if share else [(i, i + 1, 0) for i in range(len(items))]
     out = np.zeros((len(items), 2), np.float32)
     for b in batches([i for a, z, s in runs if not s for i in range(a, z)], batch_size): out[b] = run([items[i] for i in b])[0]
@@ -345,7 +351,5 @@ def prefix_scored(items:list, keys:list, run, batch_size:int, share:bool=True) -
         prefix = run([items[a]], 0, s)[1]
         longest, tail = max(len(k) for k in keys[a:z]), max(len(k) - s for k in keys[a:z])
         for rows in batches(range(a, z), max(1, batch_size * longest // tail)):
-            cache = copy.deepcopy(prefix) if len(rows) < z - a else prefix
-            cache.batch_repeat_interleave(len(rows))
-            out[rows] = run([items[i] for i in rows], s, None, cache)[0]
+            out[rows] = run([items[i] for i in rows], s, None, cache_rows(prefix, [0] * len(rows)))[0]
     return out

@@ -10,7 +10,7 @@ import numpy as np
 from fastcore.basics import patch
 from .core import R3Error, atomic_write
 from .models import (VLM, Chat, VideoPart, resolve_weights, batches, answer_token_ids, common_prefix, prefix_runs,
-                           prefix_scored, cache_kw, cache_of)
+                           prefix_scored, cache_kw, cache_of, cache_rows)
 from .video import Frames
 
 # %% auto #0
@@ -244,7 +244,7 @@ def yes_no_logits(self:Qwen3VL, prompts:list) -> np.ndarray:
 @patch
 def continuation_logprobs(self:Qwen3VL, prompts:list, texts:list) -> np.ndarray:
     "(n,): log P(text, then the end of the turn | prompt), each run of the same prompt object computed once."
-    import copy, torch
+    import torch
     tok = self.processor.tokenizer
     end = tok.convert_tokens_to_ids('<|im_end|>')
     tails = [tok(t, add_special_tokens=False)['input_ids'] + [end] for t in texts]
@@ -263,8 +263,7 @@ def continuation_logprobs(self:Qwen3VL, prompts:list, texts:list) -> np.ndarray:
                 t = [tails[i] for i in rows]; m, L = len(t), max(map(len, t))
                 ids = torch.tensor([x + [tok.pad_token_id] * (L - len(x)) for x in t], device=dev)
                 mask = torch.tensor([[1] * (P + len(x)) + [0] * (L - len(x)) for x in t], device=dev)
-                cache = copy.deepcopy(prefix) if len(rows) < z - a else prefix
-                cache.batch_repeat_interleave(m)
+                cache = cache_rows(prefix, [0] * m)
                 pos = (nxt + torch.arange(L, device=dev)).expand(3, m, L)
                 lp = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, **cache_kw(self.model, cache)).logits.float().log_softmax(-1).cpu()
                 for r, (i, x) in enumerate(zip(rows, t)):
