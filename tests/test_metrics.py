@@ -6,8 +6,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from r3covr.core import DataError, Query
-from r3covr.metrics import (target_ranks, ranks_by_id, ranks_from_lists, recall_at_k, r_mean, median_rank, mean_rank,
-                            bootstrap_ci, rank_metrics, metrics_table, Metrics)
+from r3covr.metrics import (TIE_TOL, beats, target_ranks, ranks_by_id, ranks_from_lists, recall_at_k, bootstrap_ci,
+                            rank_metrics, metrics_table, Metrics, common_queries)
 
 SEEDS = range(8)
 
@@ -113,9 +113,45 @@ def test_ranks_by_id_matches_columns():
           for i in range(len(S))]
     np.testing.assert_array_equal(np.array(list(ranks_by_id(S, ids, qs).values())), target_ranks(S, t, ref))
 
+@pytest.mark.parametrize('seed', SEEDS)
+@pytest.mark.parametrize('ties', ['pessimistic', 'optimistic'])
+def test_scored_lists_count_ties_as_the_matrix_does(seed, ties):
+    "A list that holds every video, with its scores, in any order among ties: the rank of the score matrix."
+    S, t, ref = _random_problem(seed, discrete=True)   # many exact ties
+    rng = np.random.default_rng(seed)
+    ids = [f'v{j}' for j in range(S.shape[1])]
+    lists = {}
+    for i, row in enumerate(S):
+        order = np.lexsort((rng.random(len(row)), -row))     # best first, ties in a random order
+        lists[f'q{i}'] = {'ids': [ids[j] for j in order], 'scores': row[order].tolist()}
+    targets = {f'q{i}': ids[x] if x >= 0 else None for i, x in enumerate(t)}
+    refs = {f'q{i}': ids[x] if x >= 0 else None for i, x in enumerate(ref)}
+    np.testing.assert_array_equal(ranks_from_lists(lists, targets, refs, ties), target_ranks(S, t, ref, ties))
+    plain = ranks_from_lists({q: lst['ids'] for q, lst in lists.items()}, targets, refs)   # ids alone: positions
+    lab = t >= 0
+    assert (plain[lab] <= target_ranks(S, t, ref)[lab]).all()
+    assert (plain[lab] >= target_ranks(S, t, ref, 'optimistic')[lab]).all()
+
+def test_ties_are_decided_in_float64_within_the_tolerance():
+    own = np.float64(0.7)
+    s = own + np.array([0, TIE_TOL / 2, -TIE_TOL / 2, -2 * TIE_TOL, 2 * TIE_TOL])
+    assert beats(s, own).tolist() == [True, True, True, False, True]
+    assert beats(s, own, 'optimistic').tolist() == [False, False, False, False, True]
+    assert not beats(np.float32(own), own)                        # float32 rounding (1.2e-8 here) is not forgiven
+    S = np.array([[.5, .5 + TIE_TOL / 10, .5 - TIE_TOL / 10, .4]])   # the same tie, however the last bits fall
+    assert target_ranks(S, [0]).tolist() == [2] and target_ranks(S, [1]).tolist() == [2]
+    assert target_ranks(S, [0], ties='optimistic').tolist() == [0]
+
+def test_common_queries():
+    assert common_queries({'a': {'q1': 0, 'q2': 1}, 'b': {'q2': 3, 'q1': 2}, 'c': {}}) == ['q1', 'q2']
+    assert common_queries({'a': {'q1': 0}, 'b': {'q2': 3}}) == []
+    assert common_queries({}) == []
+
 def test_lists_accept_shortlist_objects_and_missing_lists():
     r = ranks_from_lists({'a': SimpleNamespace(ids=('x', 'y', 'z'))}, {'a': 'z', 'b': 'y'}, {'a': 'x'})
     np.testing.assert_array_equal(r, [1, np.inf])
+    scored = SimpleNamespace(ids=('x', 'y', 'z', 'w'), scores=(.9, .5, .5, .1))   # a Shortlist: z ties with y
+    np.testing.assert_array_equal(ranks_from_lists({'a': scored}, {'a': 'y'}), [2])
 
 def test_bad_inputs_name_the_item():
     S = np.zeros((3, 4))
@@ -126,6 +162,8 @@ def test_bad_inputs_name_the_item():
     with pytest.raises(DataError, match='row 1'): target_ranks(np.array([[0, 1.], [np.nan, 0]]), [0, 1])
     with pytest.raises(DataError, match='matrix'): target_ranks(np.zeros(4), [0])
     with pytest.raises(DataError, match='query b'): ranks_from_lists({}, {'a': 'x', 'b': 'y'}, {'b': 'y'})
+    with pytest.raises(DataError, match='query a: .*2 ids and 1 scores'):
+        ranks_from_lists({'a': {'ids': ['x', 'y'], 'scores': [1.]}}, {'a': 'y'})
     with pytest.raises(DataError, match='query q7'): ranks_by_id(S, list('abcd'), [Query('q7', 'a', 'e', 'z')] * 3)
     with pytest.raises(DataError, match='not numbers'): rank_metrics(['a', 1])
     with pytest.raises(ValueError): target_ranks(S, [0, 1, 2], ties='average')

@@ -1,9 +1,13 @@
 "End-to-end runs of the three stages: the frames path on tiny twins, the CLI, and resuming a killed run."
 import os
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
-import json, signal, subprocess, sys, time
-from pathlib import Path
+import csv
+import json
+import subprocess
 import pytest
+from r3covr.core import read_jsonl
+from r3covr.runfolder import RunFolder
+from r3covr.viz import load_run
 
 TINY = ['--preset', 'tiny', '--n', '8', '--set', 'batch_size=2', 'rerank_k=6', 'k=10']
 
@@ -29,7 +33,8 @@ def test_tiny_frames_path_runs_all_stages(full_run):
     out, stdout = full_run
     m = json.loads((out/'metrics.json').read_text())
     assert m['n_queries'] == 8 and m['n_scored'] == 8
-    assert set(m['metrics']) >= {'R3: reason -> retrieve (description)', 'R3: reason -> retrieve (description) -> rerank (pointwise)',
+    assert set(m['metrics']) >= {'R3: reason -> retrieve (description)',
+                                 'R3: reason -> retrieve (description) -> rerank (pointwise)',
                                  'edit only (no VLM)', 'reference only (no VLM)', 'direct: reference + edit (no VLM)'}
     cfg = json.loads((out/'config.json').read_text())
     assert cfg['view'] == 'frames' and cfg['vlm']['backend'] == 'qwen3vl'
@@ -49,15 +54,55 @@ def test_bad_dataset_is_one_clear_line(cache, tmp_path):
 def test_ablate_writes_one_table_and_one_plot(cache, tmp_path):
     out = tmp_path/'abl'
     p = r3covr('ablate', '--dataset', 'synthetic', '--preset', 'tiny', '--n', '6', '--out', str(out),
-               '--budgets', '16,64', '--ks', '2,4', '--weights', '0,1', '--modes', 'pointwise', '--set', 'batch_size=2', 'k=8', cache=cache)
+               '--budgets', '16,64', '--ks', '2,4', '--weights', '0,1', '--modes', 'pointwise',
+               '--set', 'batch_size=2', 'k=8', cache=cache)
     assert p.returncode == 0, p.stderr[-3000:]
-    rows = [json.loads(l) for l in (out/'ablation.jsonl').read_text().splitlines() if json.loads(l)['setting'] != 'route']
-    assert [(r['setting'], r['value']) for r in rows] == [('rerank', 'off'), ('rerank', 'on'), ('rerank mode', 'pointwise'),
-                                                          ('rerank K', 2), ('rerank K', 4), ('blend weight', 0), ('blend weight', 1),
-                                                          ('length budget', 16), ('length budget', 64)]
+    rows = [r for r in read_jsonl(RunFolder(out).path('ablation')) if r['setting'] != 'route']
+    assert [(r['setting'], r['value']) for r in rows] == [
+        ('rerank', 'off'), ('rerank', 'on'), ('rerank mode', 'pointwise'), ('rerank K', 2), ('rerank K', 4),
+        ('blend weight', 0), ('blend weight', 1), ('length budget', 16), ('length budget', 64)]
     assert rows[2]['R@1'] == rows[1]['R@1'] and rows[4]['R@1'] == rows[1]['R@1']   # the base run's mode and depth
     assert rows[5]['R@1'] >= rows[0]['R@1']          # weight 0 keeps the retrieval order (ties counted for the target)
-    assert (out/'ablation.png').stat().st_size > 1000 and '| length budget | 16 |' in (out/'ablation.md').read_text()
+    folder = RunFolder(out)
+    assert folder.path('ablation_plot').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    assert '| length budget | 16 |' in folder.path('ablation_table').read_text()
+    subs = [folder.sub('base'), folder.sub('budget', 16), folder.sub('budget', 64)]
+    assert sorted(p for p in out.iterdir() if p.is_dir()) == sorted(f.dir for f in subs)
+    assert [load_run(f).cfg['budget'] for f in subs] == [None, 16, 64]        # each sub-run a run folder
+
+
+def test_ablate_gives_runs_rows_when_a_text_is_over_the_cap(tmp_path, monkeypatch):
+    "Issue 19: with a text over `max_text_tokens`, ablate's rows are the final rows of runs with the same settings."
+    monkeypatch.setenv('R3COVR_CACHE', str(tmp_path/'cache'))
+    from r3covr.ablate import ABLATION_COLS, ablate
+    from r3covr.pipeline import run
+    from r3covr.routes import ROW_NAMES
+    from r3covr.synthetic import make_synthetic
+    syn, f = make_synthetic(n_queries=200), tmp_path/'long.csv'
+    with open(f, 'w', newline='') as fh:                       # ten synthetic queries as a CSV; one edit far too long
+        w = csv.writer(fh)
+        w.writerow(['pth1', 'pth2', 'txt1', 'txt2', 'edit'])
+        for k, q in enumerate(list(syn)[:10]):
+            w.writerow([f'{k}/{q.reference}', f'{k}/{q.target}', syn.videos[q.reference].caption,
+                        syn.videos[q.target].caption, q.edit + ' and make it shiny.' * (300 if k == 3 else 0)])
+    s = dict(dataset=str(f), preset='toy', k=6, rerank_k=4, max_text_tokens=32, routes=['direct', 'description'])
+    abl = ablate(tmp_path/'abl', budgets=[8], rerank_ks=[2, 4], weights=[0], modes=['likelihood'], route_weights=[2],
+                 **s)
+    assert abl['base']['n_cut'] == 1
+    got = {(r['setting'], r['value']): {c: r[c] for c in ABLATION_COLS} for r in abl['rows']}
+    cases = [(('rerank', 'on'), {}, None), (('rerank K', 2), dict(rerank_k=2), None),
+             (('blend weight', 0), dict(weight=0), None),
+             (('rerank mode', 'likelihood'), dict(rerank_mode='likelihood'), None),
+             (('weight of description', 2), dict(rerank=False, route_weights={'description': 2}), None),
+             (('length budget', 8), dict(budget=8, rerank=False), ROW_NAMES['description']),
+             (('route', 'direct'), dict(rerank=False), ROW_NAMES['direct'])]
+    for i, (row, over, name) in enumerate(cases):
+        res = run(tmp_path/f'run-{i}', **{**s, **over})
+        m = res['metrics'][name or res['final']]
+        assert got[row] == {c: m[c] for c in ABLATION_COLS}, (row, got[row], m)
+    folder = RunFolder(abl['folder'])
+    for sub in (folder.sub('base'), folder.sub('weight', 'description', 2), folder.sub('budget', 8)):
+        assert load_run(sub).cfg['max_text_tokens'] == 32 and load_run(sub).ranks   # each sub-run a run folder
 
 
 def test_query_pooling_runs_and_tends_to_mean_pooling(full_run, cache, tmp_path):
@@ -72,7 +117,8 @@ def test_query_pooling_runs_and_tends_to_mean_pooling(full_run, cache, tmp_path)
                    '--out', str(out), cache=cache)
         assert p.returncode == 0, p.stderr[-3000:]
         cfg = json.loads((out/'config.json').read_text())
-        assert cfg['pooling'] == 'query' and cfg['keys']['reason'] == json.loads((ref/'config.json').read_text())['keys']['reason']
+        assert cfg['pooling'] == 'query'
+        assert cfg['keys']['reason'] == json.loads((ref/'config.json').read_text())['keys']['reason']
         assert json.loads((out/'metrics.json').read_text())['n_scored'] == 8
         runs[name] = {r['id']: dict(zip(r['ids'], r['scores']))
                       for r in map(json.loads, next(out.glob('shortlists-*.jsonl')).read_text().splitlines())}
@@ -89,16 +135,16 @@ def test_query_pooling_refused_in_caption_view(cache, tmp_path):
 
 
 ROUTE_CASES = {  # every route, every fusion, every rerank mode, through the frames path on the tiny twins
-    'five routes, z-sum, pointwise logit': dict(routes=['description', 'direct', 'lexical', 'reference', 'edit'], fusion='sum',
-                                                rerank_mode='pointwise', judge_score='logit'),
-    'gated blend, tournament': dict(routes=['direct', 'description'], fusion='gated', gate=-1.0, rerank_mode='tournament', margin=0.0),
+    'five routes, z-sum, pointwise logit': dict(routes=['description', 'direct', 'lexical', 'reference', 'edit'],
+                                                fusion='sum', rerank_mode='pointwise', judge_score='logit'),
+    'gated blend, tournament': dict(routes=['direct', 'description'], fusion='gated', gate=-1.0,
+                                    rerank_mode='tournament', margin=0.0),
     'rrf, likelihood': dict(routes=['direct', 'lexical'], fusion='rrf', rerank_mode='likelihood'),
 }
 
 @pytest.mark.parametrize('case', list(ROUTE_CASES))
 def test_tiny_frames_path_every_route_fusion_and_rerank_mode(case, cache, tmp_path, monkeypatch):
     monkeypatch.setenv('R3COVR_CACHE', str(cache))
-    from r3covr.core import read_jsonl
     from r3covr.pipeline import run
     s = ROUTE_CASES[case]
     res = run(tmp_path/'run', preset='tiny', n=4, batch_size=2, k=8, rerank_k=4, **s)
@@ -110,6 +156,8 @@ def test_tiny_frames_path_every_route_fusion_and_rerank_mode(case, cache, tmp_pa
     assert len(judge) == 4
     for j in judge:
         if s['rerank_mode'] == 'tournament':      # K x K preferences, no self-comparison
-            assert len(j['scores']) == 4 and all(row[i] is None and sum(x is not None for x in row) == 3 for i, row in enumerate(j['scores']))
+            assert len(j['scores']) == 4
+            assert all(row[i] is None and sum(x is not None for x in row) == 3 for i, row in enumerate(j['scores']))
+
         else: assert len(j['scores']) == 4 and len(set(j['scores'])) > 1
     assert len(read_jsonl(tmp_path/'run'/'rankings.jsonl')) == 4

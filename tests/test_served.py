@@ -1,23 +1,31 @@
-"""The `openai` backend against a real server: llama.cpp's OpenAI-compatible server (llama-cpp-python, the `serve` extra)
-with SmolLM2-135M on 127.0.0.1, compared with the in-process `CausalLM` on ten dev500 queries (synthetic ones where the
-data is absent); and the faults: no server at start, a server killed mid-run (through `r3covr run`, then restarted
-and resumed), slow and malformed answers (a stand-in server). Every server it starts, it stops. Not skipped: without
-llama-cpp-python the tests fail and say how to install it."""
+"""The `openai` backend against a real server: llama.cpp's OpenAI-compatible server (llama-cpp-python, the `serve`
+extra) with SmolLM2-135M on 127.0.0.1, compared with the in-process `CausalLM` on ten dev500 queries (synthetic ones
+where the data is absent); and the faults: no server at start, a server killed mid-run (through `r3covr run`, then
+restarted and resumed), slow and malformed answers (a stand-in server). Every server it starts, it stops. Not skipped:
+without llama-cpp-python the tests fail and say how to install it."""
 import os
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
-import collections, json, select, signal, subprocess, sys, time
+import collections
+import json
+import select
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 import numpy as np
 import pytest
 from r3covr.core import R3Error, ServiceError, read_jsonl
-from r3covr.models import VideoPart, create_vlm
+from r3covr.lm import VideoPart
+from r3covr.models import create_vlm
 from r3covr.reason import PROMPTS, clean_description, says_nothing, template_phrases
 from r3covr.rerank import judge_prompt
 from r3covr.served import LocalServer, OpenAIVLM, StubServer, call, chat_body, chat_completion, free_port
 
 DEV500 = Path(__file__).resolve().parents[1].parent/'shared'/'data'/'webvid-covr'/'webvid8m-covr_test.dev500.csv'
 SMOL = 'HuggingFaceTB/SmolLM2-135M-Instruct'
-MAX_DP = 0.15      # |dP(yes)| bound: log-probs differ by <= ~0.26 nats (Q4_1 x Q8_1 kernels vs fp32 torch), sigmoid slope <= 1/4
+MAX_DP = 0.15      # |dP(yes)| bound: log-probs differ by <= ~0.26 nats (Q4_1 x Q8_1 kernels vs fp32 torch),
+                   # and the sigmoid's slope is at most 1/4
 NEAR_TIE = 0.6     # nats: greedy texts may fork only where the top two tokens are closer than twice that shift
 
 
@@ -27,14 +35,15 @@ def server():
 
 
 def ten_queries():
-    "(query, reference video, [target + 3 other gallery videos]) of 10 dev500 rows, or of 10 synthetic queries without the data."
+    "(query, reference video, [target + 3 other gallery videos]) of 10 dev500 rows (or 10 synthetic ones)."
     if DEV500.exists():
         from r3covr.data import load_webvid_covr
         ds = load_webvid_covr(DEV500)
     else:
         from r3covr.synthetic import make_synthetic
         ds = make_synthetic(n_queries=10)
-    return [(q, ds.videos[q.reference], [ds.videos[c] for c in [q.target] + [g for g in ds.gallery_for(q) if g != q.target][:3]])
+    others = lambda q: [g for g in ds.gallery_for(q) if g != q.target][:3]
+    return [(q, ds.videos[q.reference], [ds.videos[c] for c in [q.target] + others(q)])
             for q in ds.queries[:10]]
 
 
@@ -43,7 +52,7 @@ def caption(v): return VideoPart(caption=v.caption, video_id=v.id)
 
 @pytest.fixture(scope='module')
 def compared(server):
-    "Both backends on the same prompts: rewrite-caption@1 descriptions (72 new tokens, as the cpu preset asks), then judge prompts."
+    "Both backends on the same prompts: rewrite-caption@1 descriptions (72 new tokens, as in the cpu preset), judges."
     qs, t = ten_queries(), {}
     local, served = create_vlm('cpu'), create_vlm('cpu-served', base_url=server.url)
     gen = [PROMPTS['rewrite-caption@1'].chat(caption(ref), edit=q.edit) for q, ref, _ in qs]
@@ -85,7 +94,7 @@ def fork(tok, a:str, b:str) -> int:
 
 
 def test_greedy_descriptions_identical_or_forked_at_a_near_tie(compared, server):
-    "Greedy texts: identical, or they fork where the two most likely next tokens are within NEAR_TIE nats, on both sides."
+    "Greedy texts: identical, or they fork where the two likeliest next tokens are within NEAR_TIE nats, on both sides."
     import torch
     local, tok = compared['local'], compared['local'].tok
     same = [a == b for a, b in zip(compared['texts_local'], compared['texts_served'])]
@@ -100,7 +109,8 @@ def test_greedy_descriptions_identical_or_forked_at_a_near_tie(compared, server)
         v, i = lp.topk(5)
         *two_l, gap_l = top_two({tok.decode([int(j)]): float(x) for x, j in zip(v, i)})
         *two_s, gap_s = top_two(served['choices'][0]['logprobs']['top_logprobs'][0])
-        print(f'- fork after {k} tokens: in-process next {two_l} (gap {gap_l:.3f} nats), served next {two_s} (gap {gap_s:.3f})\n'
+        print(f'- fork after {k} tokens: in-process next {two_l} (gap {gap_l:.3f} nats), '
+              f'served next {two_s} (gap {gap_s:.3f})\n'
               f'    in-process: {a!r}\n    served:     {b!r}')
         assert gap_l < NEAR_TIE and gap_s < NEAR_TIE, (a, b)
 
@@ -112,8 +122,9 @@ def test_p_yes_close_and_rankings(compared):
     changed = sum(a != b for a, b in zip(order(pl), order(ps)))
     top1 = sum(a[0] != b[0] for a, b in zip(order(pl), order(ps)))
     spread = np.median(np.ptp(pl.reshape(n, -1), axis=1))
-    print(f'\nP(yes) over {len(d)} judge prompts: max |dP| {d.max():.4f} (prompt {d.argmax()}: in-process {pl[d.argmax()]:.4f}, '
-          f'served {ps[d.argmax()]:.4f}), mean {d.mean():.4f}; rankings of the 4 candidates changed in {changed} of {n} '
+    i = d.argmax()
+    print(f'\nP(yes) over {len(d)} judge prompts: max |dP| {d.max():.4f} (prompt {i}: in-process {pl[i]:.4f}, '
+          f'served {ps[i]:.4f}), mean {d.mean():.4f}; rankings of the 4 candidates changed in {changed} of {n} '
           f'queries (top-1 in {top1}); median in-process P(yes) spread within a query {spread:.4f}')
     assert d.max() < MAX_DP
     assert ((0 < ps) & (ps < 1)).all()
@@ -135,8 +146,8 @@ def env(cache): return {**os.environ, 'R3COVR_CACHE': str(cache), 'HF_HUB_OFFLIN
 
 
 def run_cli(url, out, cache, n=6, **kw):
-    return subprocess.Popen(['r3covr', 'run', '--dataset', 'synthetic', '--n', str(n), '--preset', 'cpu-served', '--out', str(out),
-                             '--set', f'vlm.base_url={url}', 'batch_size=2', 'rerank_k=3', 'k=10'],
+    return subprocess.Popen(['r3covr', 'run', '--dataset', 'synthetic', '--n', str(n), '--preset', 'cpu-served',
+                             '--out', str(out), '--set', f'vlm.base_url={url}', 'batch_size=2', 'rerank_k=3', 'k=10'],
                             env=env(cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
@@ -156,7 +167,7 @@ def lines(out, stage): return sum(len(read_jsonl(f)) for f in out.glob(f'{stage}
 
 
 def test_server_killed_mid_run_stops_then_resumes(tmp_path):
-    "Kill the server once the first generations are on disk: exit 2 in one line; restart it, rerun: each query once in every stage file."
+    "Kill the server once generations are on disk: exit 2, one line; restart, rerun: each query once per stage file."
     out, cache = tmp_path/'run', tmp_path/'cache'
     with LocalServer(SMOL) as srv:
         p, t0 = run_cli(srv.url, out, cache), time.time()
@@ -164,12 +175,13 @@ def test_server_killed_mid_run_stops_then_resumes(tmp_path):
         assert p.poll() is None, 'the run ended before the server was killed'
         srv.kill(); t_kill = time.time()
         _, err = p.communicate(timeout=120)
-        print(f'\nkilled after {lines(out, "generations")} generations; the run stopped {time.time() - t_kill:.1f} s later, '
+        print(f'\nkilled after {lines(out, "generations")} generations; '
+              f'the run stopped {time.time() - t_kill:.1f} s later, '
               f'exit {p.returncode}: {last_line(err)}')
         assert p.returncode == 2 and 'Traceback' not in err
         assert last_line(err).startswith(f'r3covr run: error: {srv.url}/chat/completions ')
         before = lines(out, 'generations')
-        srv.start()                                                   # the same port, the same model name: the same keys
+        srv.start()                                                   # the same port and model name: the same keys
         t0 = time.time(); p = run_cli(srv.url, out, cache); o, err = p.communicate(timeout=900)
         print(f'rerun: exit {p.returncode} in {time.time() - t0:.1f} s')
         assert p.returncode == 0, err[-3000:]
@@ -201,7 +213,8 @@ MALFORMED = {   # answer of /chat/completions -> what the error must say
     'no logprobs (transformers serve)': ((200, chat_completion('No')), 'no log-probabilities'),
     'entries without logprob': ((200, {'choices': [{'logprobs': {'content': [{'top_logprobs': [{'token': 'No'}]}]}}]}),
                                 'no token and logprob in each top_logprobs entry'),
-    'server error, retried': ((500, {'error': {'message': 'boom\nTraceback (most recent call last): ...'}}), 'HTTP 500: boom (3 tries)'),
+    'server error, retried': ((500, {'error': {'message': 'boom\nTraceback (most recent call last): ...'}}),
+                              'HTTP 500: boom (3 tries)'),
     'no such model': ((404, {'detail': 'Not Found'}), 'HTTP 404: Not Found'),
 }
 
@@ -218,10 +231,12 @@ def test_malformed_answers_are_one_line_service_errors(case):
 
 
 def test_a_refused_prompt_is_the_querys_failure_not_the_servers():
-    "HTTP 400 (a prompt over the context length, say): an R3Error the run records for the query, not a ServiceError that stops it."
-    with StubServer(lambda path, body: (400, {'error': {'message': "This model's maximum context length is 512 tokens"}})) as stub:
+    "HTTP 400 (a prompt over the context length, say): an R3Error the run records for the query, not a ServiceError."
+    too_long = (400, {'error': {'message': "This model's maximum context length is 512 tokens"}})
+    with StubServer(lambda path, body: too_long) as stub:
         with pytest.raises(R3Error) as e: OpenAIVLM(base_url=stub.url).generate([judge_chat()])
-    assert not isinstance(e.value, ServiceError) and 'maximum context length' in str(e.value) and 'vid-42' in str(e.value)
+    assert not isinstance(e.value, ServiceError)
+    assert 'maximum context length' in str(e.value) and 'vid-42' in str(e.value)
 
 
 def test_models_listing_checked():
@@ -234,7 +249,8 @@ def test_models_listing_checked():
 def test_serve_prints_the_url_and_stops_on_sigterm(tmp_path):
     "`r3covr serve`: the URL on stdout, a server that answers there, a clean stop on SIGTERM."
     port = free_port()
-    p = subprocess.Popen([sys.executable, '-c', 'import sys; from r3covr.cli import main; sys.exit(main(sys.argv[1:]))', 'serve', '--preset', 'cpu', '--port', str(port)],
+    cli = 'import sys; from r3covr.cli import main; sys.exit(main(sys.argv[1:]))'
+    p = subprocess.Popen([sys.executable, '-c', cli, 'serve', '--preset', 'cpu', '--port', str(port)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(tmp_path/'cache'))
     try:
         ready, _, _ = select.select([p.stdout], [], [], 120)

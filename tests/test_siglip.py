@@ -1,12 +1,14 @@
 "The open_clip SigLIP-2 encoder on its offline twin: shapes, norms, batching, the 64-token window, pooling, fail-fast."
 import os
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
-import json, time
+import json
+import time
 from pathlib import Path
 import numpy as np
 import pytest
 from r3covr.core import R3Error, DataError, VideoError
-from r3covr.models import VideoPart, Encoder, create_encoder
+from r3covr.lm import VideoPart
+from r3covr.models import Encoder, create_encoder
 from r3covr.video import write_video, read_frames
 from r3covr.siglip import OpenClipEncoder, build_twin, pool_frames, DEFAULT_MODEL
 
@@ -49,7 +51,8 @@ def test_twin_rebuilds_without_marker(tmp_path):
 
 def test_twin_weights_are_seeded(tmp_path, twin):
     from safetensors.torch import load_file
-    a, b = load_file(str(Path(twin)/'open_clip_model.safetensors')), load_file(str(Path(build_twin(tmp_path/'t'))/'open_clip_model.safetensors'))
+    a = load_file(str(Path(twin)/'open_clip_model.safetensors'))
+    b = load_file(str(Path(build_twin(tmp_path/'t'))/'open_clip_model.safetensors'))
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
 
 def test_folder_and_local_dir_load_the_same(twin, enc):
@@ -103,17 +106,20 @@ def test_frames_shapes_norms_batching(enc, frames):
     F = [enc.embed_frames(f) for f in frames]
     assert [x.shape for x in F] == [(3, enc.dim), (4, enc.dim), (5, enc.dim)] and all(unit(x) for x in F)
     np.testing.assert_allclose(enc._embed_arrays(frames), np.concatenate(F), atol=1e-5)   # batches span videos
-    np.testing.assert_allclose(OpenClipEncoder(enc.name, batch_size=64)._embed_arrays(frames), np.concatenate(F), atol=1e-5)
+    wide = OpenClipEncoder(enc.name, batch_size=64)
+    np.testing.assert_allclose(wide._embed_arrays(frames), np.concatenate(F), atol=1e-5)
 
 def test_embed_videos_matches_default(enc, frames):
-    parts = [VideoPart(frames=f, video_id=str(i)) for i, f in enumerate(frames)] + [VideoPart(caption='a green square', video_id='c')]
+    parts = [VideoPart(frames=f, video_id=str(i)) for i, f in enumerate(frames)]
+    parts.append(VideoPart(caption='a green square', video_id='c'))
     V = enc.embed_videos(parts)
     assert V.shape == (4, enc.dim) and unit(V)
     np.testing.assert_allclose(V, Encoder.embed_videos(enc, parts), atol=1e-5)
     np.testing.assert_allclose(V[3], enc.embed_texts(['a green square'])[0], atol=1e-6)
 
 def test_bad_frames_name_the_video(enc, frames):
-    with pytest.raises(VideoError, match='v0.mp4'): enc.embed_frames(type(frames[0])(frames[0].array[:0], (), (), 8., 0, frames[0].path))
+    empty = type(frames[0])(frames[0].array[:0], (), (), 8., 0, frames[0].path)
+    with pytest.raises(VideoError, match='v0.mp4'): enc.embed_frames(empty)
     with pytest.raises(VideoError, match='uint8'): enc.embed_frames(frames[0].array.astype(np.float32))
     with pytest.raises(VideoError): enc.embed_frames(frames[0].array[..., 0])
 

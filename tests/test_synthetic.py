@@ -1,7 +1,8 @@
 "The synthetic dataset: generated into a cache, deterministic, read back without rendering, redone when interrupted."
 import os
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
-import hashlib, json
+import hashlib
+import json
 from pathlib import Path
 import numpy as np
 import pytest
@@ -15,7 +16,8 @@ N = 8   # queries: small, so each generation takes well under a second
 
 def digest(folder: Path) -> dict:
     "md5 of every file under `folder`, by relative path."
-    return {str(p.relative_to(folder)): hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(folder.rglob('*')) if p.is_file()}
+    return {str(p.relative_to(folder)): hashlib.md5(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob('*')) if p.is_file()}
 
 
 def no_rendering(monkeypatch):

@@ -2,7 +2,8 @@
 import os
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 import importlib.util
-import numpy as np, pytest
+import numpy as np
+import pytest
 from r3covr.core import R3Error, VideoError
 from r3covr.video import read_frames, write_video, sample_videos
 
@@ -62,9 +63,11 @@ def test_metadata_fits_transformers(samples):
 
 # --- synthetic round trips ---
 
-COLOURS = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 255], [0, 0, 0], [200, 120, 40], [60, 180, 220], [128, 128, 128]], np.uint8)
+COLOURS = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 255], [0, 0, 0], [200, 120, 40], [60, 180, 220],
+                    [128, 128, 128]], np.uint8)
 
-@pytest.mark.parametrize('hw', [(32, 64), (32, 48), (16, 16), (90, 160), (144, 176)])   # 48 and 16: decord's narrow-frame bug
+# 48 and 16 wide: decord's narrow-frame bug
+@pytest.mark.parametrize('hw', [(32, 64), (32, 48), (16, 16), (90, 160), (144, 176)])
 def test_roundtrip_colours(tmp_path, hw):
     frames = np.broadcast_to(COLOURS[:, None, None], (len(COLOURS), *hw, 3)).copy()
     p = write_video(tmp_path/'c.mp4', frames, fps=8)
@@ -81,14 +84,16 @@ def test_roundtrip_fractional_fps_and_short_video(tmp_path):
 
 def test_write_video_refuses_bad_frames(tmp_path):
     ok = np.zeros((2, 16, 16, 3), np.uint8)
-    for name, bad, msg in [('odd.mp4', ok[:, :15], 'even'), ('flat.mp4', ok[0], 'shape'), ('none.mp4', ok[:0], 'non-empty'),
-                           ('grey.mp4', ok[..., 0], 'shape'), ('range.mp4', ok.astype(int) + 300, r'\[0, 255\]')]:
+    for name, bad, msg in [('odd.mp4', ok[:, :15], 'even'), ('flat.mp4', ok[0], 'shape'),
+                           ('none.mp4', ok[:0], 'non-empty'), ('grey.mp4', ok[..., 0], 'shape'),
+                           ('range.mp4', ok.astype(int) + 300, r'\[0, 255\]')]:
         with pytest.raises(VideoError, match=msg) as e: write_video(tmp_path/name, bad)
         assert name in str(e.value)
     assert list(tmp_path.iterdir()) == []
 
 def test_write_video_is_atomic(tmp_path):
-    with pytest.raises(Exception): write_video(tmp_path/'x.mp4', np.zeros((2, 16, 16, 3), np.uint8), codec='no-such-codec')
+    with pytest.raises(Exception):
+        write_video(tmp_path/'x.mp4', np.zeros((2, 16, 16, 3), np.uint8), codec='no-such-codec')
     assert list(tmp_path.iterdir()) == []                               # no half file, no temporary left behind
 
 def test_bad_arguments(tmp_path):

@@ -1,17 +1,19 @@
-"Figures and the query explorer drawn from real run folders: tiny twins (frames view), toy backends (caption view), WebVid-CoVR text, a challenge file with its own gallery."
+"""Figures and the query explorer drawn from real run folders: tiny twins (frames view), toy backends (caption view),
+WebVid-CoVR text, a challenge file with its own gallery."""
 import os
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
-import html, json, shutil
+import html
+import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
 from r3covr.core import DataError, safe_name
-from r3covr.metrics import rank_metrics
-from r3covr.pipeline import run, common_queries
-from r3covr.settings import load_dataset
-from r3covr.viz import (RunView, load_run, save_run_figures, explore, plot_query, plot_lengths, example_queries,
+from r3covr.metrics import rank_metrics, common_queries
+from r3covr.pipeline import run, load_dataset
+from r3covr.viz import (load_run, save_run_figures, explore, plot_query, plot_lengths, example_queries,
                         final_ranks, shortlist_rows)
 
 SHARED = Path(__file__).resolve().parents[1].parent/'shared'/'data'
@@ -50,7 +52,8 @@ def test_save_run_figures_frames_view(tiny):
     folder, _ = tiny
     paths = save_run_figures(folder)
     ex = example_queries(folder)
-    names = ['lengths.png', 'rank_shift.png', 'recall.png'] + [f'query-{safe_name(q)}.png' for q in dict.fromkeys(ex.values())]
+    names = ['lengths.png', 'rank_shift.png', 'recall.png']
+    names += [f'query-{safe_name(q)}.png' for q in dict.fromkeys(ex.values())]
     assert [p.name for p in paths] == names and all(p.parent == folder/'figures' for p in paths)
     for p in paths:
         im = png(p)
@@ -66,7 +69,8 @@ def test_folder_gives_back_the_runs_numbers(tiny):
     r = load_run(folder)
     common = common_queries(r.ranks)
     assert {r.metrics['rows'][k]: rank_metrics([v[i] for i in common]) for k, v in r.ranks.items()} == res['metrics']
-    assert sorted(r.ranks) == ['description', 'direct', 'edit', 'reference', 'rerank'] and final_ranks(r) == r.ranks['rerank']
+    assert sorted(r.ranks) == ['description', 'direct', 'edit', 'reference', 'rerank']
+    assert final_ranks(r) == r.ranks['rerank']
     assert len(r.desc) == len(r.judged) == len(r.rankings) == 6
 
 

@@ -7,7 +7,9 @@ save what they display, so a reader on GitHub sees real outputs. Outputs are tri
     nbdev_clean                                                    # afterwards: strips metadata and counts
 """
 from __future__ import annotations
-import os, sys, time
+import os
+import sys
+import time
 from pathlib import Path
 from execnb.nbio import read_nb, write_nb
 from execnb.shell import CaptureShell
