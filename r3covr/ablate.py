@@ -53,32 +53,33 @@ def ablate(folder, budgets:list|None=None, rerank_ks:list|None=None, weights:lis
     ws = weights if weights is not None else [0, 0.25, 0.5, 0.75, 1]
     cfg = run_config(**{**settings, 'rerank_k': max(ks), 'rerank': True})
     models, base = Models(cfg), folder.sub('base')
-    ds = run_dataset(cfg, models, base, dataset_of(cfg) if ds is None else ds)     # made once, for every sub-run
-    res = run(base.dir, ds, models, **cfg)
-    ranks = base.read('ranks')
-    row = lambda setting, value, rk: ablation_row(setting, value, rk, common_queries(ranks))
-    wants = needs_descriptions(cfg) or any(needs_descriptions({**cfg, 'rerank_mode': m}) for m in modes or [])
-    desc = reason(cfg, ds, models, base) if wants else {}      # a judge mode compared below may ask for them
-    found = _base_shortlists(cfg, ds, models, base, ranks, res['shortlist_row'])
-    again = lambda **over: rerank(run_config(**{**cfg, **over}), ds, models, base, desc, found).ranks
-    rows = [row('route', r, ranks[r]) for r in ranks if r not in ('fusion', 'rerank')]
-    rows += [row('route', 'fusion', ranks['fusion'])] if 'fusion' in ranks else []
-    for r in cfg['routes'][1:]:
-        for w in route_weights or []:
-            c = run_config(**{**cfg, 'route_weights': {**cfg['route_weights'], r: w}, 'rerank': False})
-            found_w = retrieval_run(c, ds, models, folder.sub('weight', r, w), desc)
-            rows.append(row(f'weight of {r}', w, found_w.ranks['fusion']))
+    with folder.locked(), base.locked():        # every write below happens under its folder's lock
+        ds = run_dataset(cfg, models, base, dataset_of(cfg) if ds is None else ds)     # made once, for every sub-run
+        res = run(base.dir, ds, models, **cfg)
+        ranks = base.read('ranks')
+        row = lambda setting, value, rk: ablation_row(setting, value, rk, common_queries(ranks))
+        wants = needs_descriptions(cfg) or any(needs_descriptions({**cfg, 'rerank_mode': m}) for m in modes or [])
+        desc = reason(cfg, ds, models, base) if wants else {}      # a judge mode compared below may ask for them
+        found = _base_shortlists(cfg, ds, models, base, ranks, res['shortlist_row'])
+        again = lambda **over: rerank(run_config(**{**cfg, **over}), ds, models, base, desc, found).ranks
+        rows = [row('route', r, ranks[r]) for r in ranks if r not in ('fusion', 'rerank')]
+        rows += [row('route', 'fusion', ranks['fusion'])] if 'fusion' in ranks else []
+        for r in cfg['routes'][1:]:
+            for w in route_weights or []:
+                c = run_config(**{**cfg, 'route_weights': {**cfg['route_weights'], r: w}, 'rerank': False})
+                found_w = retrieval_run(c, ds, models, folder.sub('weight', r, w), desc)
+                rows.append(row(f'weight of {r}', w, found_w.ranks['fusion']))
 
-    rows += [row('rerank', 'off', ranks[res['shortlist_row']]), row('rerank', 'on', ranks['rerank'])]
-    rows += [row('rerank mode', m, ranks['rerank'] if m == cfg['rerank_mode'] else again(rerank_mode=m))
-             for m in modes or []]
-    rows += [row('rerank K', k, again(rerank_k=k)) for k in ks]
-    rows += [row('blend weight', w, again(weight=w)) for w in ws]
-    for b in (budgets or []) if 'description' in cfg['routes'] else []:
-        sub = folder.sub('budget', b)
-        run(sub.dir, ds, models, **{**cfg, 'budget': b, 'rerank': False, 'baselines': False})
-        rows.append(row('length budget', b, sub.read('ranks')['description']))
-    table = ablation_table(rows)
-    folder.write('ablation', rows)
-    folder.write('ablation_table', table + '\n')
+        rows += [row('rerank', 'off', ranks[res['shortlist_row']]), row('rerank', 'on', ranks['rerank'])]
+        rows += [row('rerank mode', m, ranks['rerank'] if m == cfg['rerank_mode'] else again(rerank_mode=m))
+                 for m in modes or []]
+        rows += [row('rerank K', k, again(rerank_k=k)) for k in ks]
+        rows += [row('blend weight', w, again(weight=w)) for w in ws]
+        for b in (budgets or []) if 'description' in cfg['routes'] else []:
+            sub = folder.sub('budget', b)
+            run(sub.dir, ds, models, **{**cfg, 'budget': b, 'rerank': False, 'baselines': False})
+            rows.append(row('length budget', b, sub.read('ranks')['description']))
+        table = ablation_table(rows)
+        folder.write('ablation', rows)
+        folder.write('ablation_table', table + '\n')
     return dict(rows=rows, table=table, base=res, folder=str(folder.dir))

@@ -10,7 +10,7 @@ from pathlib import Path
 from .core import DataError, R3Error, read_jsonl
 from .models import list_presets, load_preset
 from .runfolder import RunFolder
-from .settings import SETTINGS, parse_sets
+from .settings import SETTINGS, parse_sets, run_config
 
 # %% auto #0
 __all__ = ['run_settings', 'cmd_run', 'cmd_demo', 'cmd_eval', 'cmd_submit', 'cmd_ablate', 'cmd_serve', 'cmd_presets', 'parser',
@@ -33,8 +33,11 @@ def cmd_run(args):
     "Run the three stages on a dataset and print the table."
     from r3covr.pipeline import run
     from r3covr.viz import save_run_figures
-    res = run(_run_dir(args), **run_settings(args))
-    save_run_figures(res)
+    settings, folder = run_settings(args), RunFolder(_run_dir(args))
+    run_config(**settings)                             # a bad setting: one line, before the folder is made
+    with folder.locked():                              # the figures are drawn under the run's lock too
+        res = run(folder.dir, **settings)
+        save_run_figures(res)
     print(res['table'])
     print(f"\nrun folder: {res['folder']}  ({res['n_scored']} of {res['n_queries']} queries scored, "
           f"{res['n_skipped_at_load']} rows skipped at load, {res['n_errors']} errors, {res['n_cut']} texts cut; "
@@ -59,10 +62,10 @@ def cmd_eval(args):
     from r3covr.metrics import rank_metrics, metrics_table
     ds, p = load_dataset(args.dataset, args.root), Path(args.rankings)
     lists = _lists(p)
-    labelled = sorted((q for q in ds if q.target is not None and q.id in lists), key=lambda q: q.id)
+    labelled = sorted((q for q in ds if q.targets and q.id in lists), key=lambda q: q.id)
     if not labelled: raise R3Error(f'{p}: no query in it has a label in {args.dataset}')
     def rank(q):
-        try: return ranking_rank(lists[q.id], q.target, q.reference)
+        try: return ranking_rank(lists[q.id], q.targets, q.reference)
         except DataError as e: raise DataError(f'{p}: query {q.id}: {e}') from None
     m = rank_metrics([rank(q) for q in labelled])
     print(metrics_table({p.name: m}))
@@ -90,10 +93,13 @@ def cmd_ablate(args):
     "Sweeps of routes, route weights, rerank mode and depth, blend weight and length budget: one table, one plot."
     from r3covr.ablate import ablate
     from r3covr.viz import plot_ablation
-    res = ablate(_run_dir(args, 'ablate'), budgets=_numbers(int)(args.budgets), rerank_ks=_numbers(int)(args.ks),
-                 weights=_numbers(float)(args.weights), modes=args.modes.split(',') if args.modes else None,
-                 route_weights=_numbers(float)(args.route_weights), **run_settings(args))
-    plot = plot_ablation(res['rows'], RunFolder(res['folder']).path('ablation_plot'))
+    numbers = dict(budgets=_numbers(int)(args.budgets), rerank_ks=_numbers(int)(args.ks),
+                   weights=_numbers(float)(args.weights), modes=args.modes.split(',') if args.modes else None,
+                   route_weights=_numbers(float)(args.route_weights))
+    settings, folder = run_settings(args), RunFolder(_run_dir(args, 'ablate'))
+    with folder.locked():                              # ablation.png is written under the folder's lock too
+        res = ablate(folder.dir, **numbers, **settings)
+        plot = plot_ablation(res['rows'], folder.path('ablation_plot'))
     print(res['table'])
     print(f'\nplot: {plot}')
     return res

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Iterable
 
 # %% auto #0
-__all__ = ['R3Error', 'DataError', 'VideoError', 'ConfigError', 'ServiceError', 'Video', 'Query', 'check_text', 'resolve_inside',
-           'CoVRDataset', 'atomic_write', 'write_json', 'read_json', 'append_jsonl', 'write_jsonl', 'Records',
-           'read_jsonl', 'stable_hash', 'cache_dir', 'safe_name', 'Markdown', 'markdown_table']
+__all__ = ['SCOPES', 'R3Error', 'DataError', 'VideoError', 'ConfigError', 'ServiceError', 'Video', 'Query', 'check_text',
+           'resolve_inside', 'CoVRDataset', 'atomic_write', 'write_json', 'read_json', 'append_jsonl', 'write_jsonl',
+           'Records', 'read_jsonl', 'stable_hash', 'cache_dir', 'safe_name', 'Markdown', 'markdown_table']
 
 # %% ../nbs/00_core.ipynb #c006
 class R3Error(Exception):
@@ -37,22 +37,37 @@ class ServiceError(R3Error):
 # %% ../nbs/00_core.ipynb #c009
 @dataclass(frozen=True)
 class Video:
-    "One video: its id, its file (may not exist yet), an optional caption and its source collection."
+    "One video: its id, its file (may not exist yet), an optional caption, its source collection and parent recording."
     id: str
     path: Path|None = None
     caption: str|None = None
     source: str = ''
+    parent: str = ''      # the longer recording this clip was cut from (EgoCVR's video_uid): `scope=local` ranks in it
 
 # %% ../nbs/00_core.ipynb #c011
+def _ids(targets) -> tuple:
+    "Target ids as a tuple of distinct strings: from `None`, one id, or an iterable of ids."
+    if targets is None: return ()
+    if isinstance(targets, (str, int)): targets = (targets,)
+    return tuple(dict.fromkeys(str(t) for t in targets))
+
 @dataclass(frozen=True)
 class Query:
-    "A composed query: reference video id + edit text, and the target id when labelled."
+    "A composed query: reference video id + edit text, and the target ids when labelled (any of them is a hit)."
     id: str
     reference: str
     edit: str
-    target: str|None = None
+    targets: tuple = ()
     source: str = ''
     meta: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
+    extra: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
+
+    def __post_init__(self): object.__setattr__(self, 'targets', _ids(self.targets))
+
+    @property
+    def target(self) -> str|None:
+        "The first target, `None` when unlabelled."
+        return self.targets[0] if self.targets else None
 
 # %% ../nbs/00_core.ipynb #c015
 def check_text(text, what:str):
@@ -72,6 +87,12 @@ def resolve_inside(root, rel:str, suffix:str='') -> Path:
     return p
 
 # %% ../nbs/00_core.ipynb #c021
+SCOPES = ('global', 'local')   # rank in the whole gallery, or only among the clips of the reference's recording
+
+def _scope(scope:str) -> str:
+    if scope not in SCOPES: raise ValueError(f"scope must be 'global' or 'local', not {scope!r}")
+    return scope
+
 @dataclass(frozen=True)
 class CoVRDataset:
     "Queries, videos by id, and the gallery ids the queries are ranked against."
@@ -86,9 +107,20 @@ class CoVRDataset:
     def __getitem__(self, i): return self.queries[i]
     def __iter__(self): return iter(self.queries)
 
-    def gallery_for(self, q:Query, merged:bool=True) -> list:
-        "Gallery ids `q` is ranked against: the reference excluded, optionally only `q`'s source."
-        return [v for v in self.gallery if v != q.reference and (merged or self.videos[v].source == q.source)]
+    def group_of_video(self, vid:str, merged:bool=True, scope:str='global') -> tuple:
+        "The part of the gallery video `vid` is in: its source (unless `merged`), its parent recording (`scope=local`)."
+        v = self.videos[vid]
+        return (None if merged else v.source, v.parent if _scope(scope) == 'local' else None)
+
+    def group_of(self, q:Query, merged:bool=True, scope:str='global') -> tuple:
+        "The part of the gallery `q` is ranked in: its source (unless `merged`), its reference's parent (local)."
+        ref = self.videos.get(q.reference)
+        return (None if merged else q.source, (ref.parent if ref else '') if _scope(scope) == 'local' else None)
+
+    def gallery_for(self, q:Query, merged:bool=True, scope:str='global') -> list:
+        "Gallery ids `q` is ranked against: the reference excluded, only those of `q`'s part (`group_of`)."
+        g = self.group_of(q, merged, scope)
+        return [v for v in self.gallery if v != q.reference and self.group_of_video(v, merged, scope) == g]
 
     def subset(self, n:int|None=None, ids:Iterable|None=None) -> CoVRDataset:
         "The first `n` queries (or those with `ids`), same videos and gallery."
@@ -102,7 +134,7 @@ class CoVRDataset:
     def _repr_markdown_(self):
         srcs = sorted({v.source for v in self.videos.values()})
         return (f'**{self.name}**: {len(self.queries)} queries, {len(self.gallery)} gallery videos '
-                f'({", ".join(s or "?" for s in srcs)}), {sum(q.target is not None for q in self.queries)} labelled')
+                f'({", ".join(s or "?" for s in srcs)}), {sum(bool(q.targets) for q in self.queries)} labelled')
 
 # %% ../nbs/00_core.ipynb #c025
 def _umask() -> int:

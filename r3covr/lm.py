@@ -6,16 +6,18 @@
 from __future__ import annotations
 import os
 import re
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
-from functools import lru_cache
 import numpy as np
 from .core import DataError, R3Error, Video
 from .video import Frames, read_frames
 
 # %% auto #0
-__all__ = ['CONTROL_TOKENS', 'ANSWER_SPELLINGS', 'VideoPart', 'Chat', 'video_part', 'plain', 'chat_messages', 'answer_token_ids',
-           'yes_no_from_logits', 'batches', 'length_groups', 'left_pad', 'pad_positions', 'cache_kw', 'cache_of',
-           'padded_pass', 'common_prefix', 'prefix_runs', 'cache_rows', 'prefix_scored', 'answer_logprobs']
+__all__ = ['FRAME_CACHE_BYTES', 'FRAME_CACHE', 'CONTROL_TOKENS', 'ANSWER_SPELLINGS', 'VideoPart', 'Chat', 'FrameCache',
+           'video_part', 'plain', 'chat_messages', 'answer_token_ids', 'yes_no_from_logits', 'batches', 'length_groups',
+           'left_pad', 'pad_positions', 'cache_kw', 'cache_of', 'padded_pass', 'common_prefix', 'prefix_runs',
+           'cache_rows', 'prefix_scored', 'answer_logprobs']
 
 # %% ../nbs/02c_lm.ipynb #c006
 @dataclass(frozen=True)
@@ -47,16 +49,32 @@ class Chat:
     def videos(self): return [p for p in self.parts if isinstance(p, VideoPart)]
 
 # %% ../nbs/02c_lm.ipynb #c024
-@lru_cache(maxsize=256)
-def _frames(path:str, n:int, size, stamp) -> Frames:
-    "Frames of `path`, remembered; `stamp` (the file's size and mtime) is part of the key."
-    return read_frames(path, n=n, size=size)
+FRAME_CACHE_BYTES = 1 << 30    # decoded frames kept by `video_part`, in bytes of their arrays (1 GiB)
+
+class FrameCache:
+    "Least-recently-used `Frames`, bounded by the bytes of their arrays, not by their number."
+    def __init__(self, limit:int=FRAME_CACHE_BYTES):
+        self.limit, self.items, self.nbytes, self._lock = limit, OrderedDict(), 0, threading.Lock()
+    def __len__(self): return len(self.items)
+
+    def get(self, key, make):
+        "The frames stored under `key`, or `make()`'s, kept while they fit the bound."
+        with self._lock:
+            if key in self.items: self.items.move_to_end(key); return self.items[key]
+        v = make()
+        with self._lock:
+            if key not in self.items and v.array.nbytes <= self.limit:
+                self.items[key] = v; self.nbytes += v.array.nbytes
+            while self.nbytes > self.limit: self.nbytes -= self.items.popitem(last=False)[1].array.nbytes
+        return v
+
+FRAME_CACHE = FrameCache()
 
 def _stamp(path) -> tuple:
-    "A file's size and modification time (None when it cannot be read): a changed file is decoded again."
+    "A file's size, times and inode (None when it cannot be read): a changed or replaced file is decoded again."
     try: st = os.stat(path)
     except OSError: return None
-    return st.st_size, st.st_mtime_ns
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
 
 def video_part(video:Video, view:str='frames', n:int=8, size:int|None=None) -> VideoPart:
     "`video` as a prompt part: sampled frames (`view='frames'`) or its caption (`view='caption'`)."
@@ -64,7 +82,9 @@ def video_part(video:Video, view:str='frames', n:int=8, size:int|None=None) -> V
         if not video.caption: raise DataError(f'video {video.id!r} has no caption (caption view)')
         return VideoPart(caption=video.caption, video_id=video.id)
     if video.path is None: raise DataError(f'video {video.id!r} has no file path (frames view needs the video files)')
-    return VideoPart(frames=_frames(str(video.path), n, size, _stamp(video.path)), video_id=video.id)
+    path = str(video.path)
+    frames = FRAME_CACHE.get((path, n, size, _stamp(path)), lambda: read_frames(path, n=n, size=size))
+    return VideoPart(frames=frames, video_id=video.id)
 
 # %% ../nbs/02c_lm.ipynb #l006
 CONTROL_TOKENS = re.compile(r'<\|[A-Za-z0-9_]+\|>')   # <|im_end|>, <|video_pad|>, <|eot_id|>, ...

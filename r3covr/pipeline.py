@@ -4,6 +4,7 @@
 
 # %% ../nbs/08_pipeline.ipynb #c003
 from __future__ import annotations
+import csv
 import time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -11,9 +12,9 @@ import numpy as np
 from .core import CoVRDataset, DataError, Video, cache_dir, read_json, stable_hash
 from .models import Models
 from .lm import video_part
-from .reason import CLEANER, describe_raw, fit_to_window, generate_raw
+from .reason import CLEANER, describe_raw, fit_to_window, generate_raw, provided_descriptions
 from .retrieve import Gallery, Shortlist, embed_gallery, gallery_key, retrieve as search_gallery
-from .routes import BASELINES, ROW_NAMES, fuse, route_gallery, route_texts
+from .routes import BASELINES, fuse, route_gallery, route_rows, route_texts
 from .rerank import judge, judge_value, likelihood_scores, pair_scores, reorder, reranked_rank, tournament
 from .metrics import common_queries, list_rank, metrics_table, rank_metrics
 from .runfolder import RunFolder
@@ -22,8 +23,8 @@ from .settings import STAGE_KEYS, key_inputs, result_fields, run_config
 # %% auto #0
 __all__ = ['load_dataset', 'dataset_of', 'RunDataset', 'dataset_fingerprint', 'cut_texts', 'is_cut', 'run_dataset', 'stage_keys',
            'keys_changed', 'part', 'reason', 'Later', 'embed', 'text_vectors', 'search_texts', 'search_reps',
-           'Retrieved', 'retrieve', 'needs_descriptions', 'Reranked', 'rerank', 'row_names', 'evaluate', 'start_run',
-           'run', 'ranking_rank']
+           'Retrieved', 'retrieve', 'needs_descriptions', 'best_rank', 'best_reranked_rank', 'Reranked', 'rerank',
+           'row_names', 'evaluate', 'start_run', 'run', 'ranking_rank']
 
 # %% ../nbs/08_pipeline.ipynb #7b20c005
 def _is_challenge(obj) -> bool:
@@ -31,35 +32,47 @@ def _is_challenge(obj) -> bool:
     return isinstance(obj, list) and bool(obj) and all(isinstance(g, dict) and len(g) == 1 and
                                                        isinstance(next(iter(g.values())), list) for g in obj)
 
-def _load(spec, root, n, seed, gallery) -> CoVRDataset:
+def _is_egocvr(p:Path) -> bool:
+    "Whether CSV `p`'s header names EgoCVR's annotation columns (`video_clip_id`, `target_clip_ids`)."
+    with open(p, newline='', encoding='utf-8', errors='replace') as f: header = next(csv.reader(f), [])
+    return {'video_clip_id', 'target_clip_ids'} <= set(header)
+
+def _load(spec, root, n, seed, gallery, clips=None) -> CoVRDataset:
     from r3covr import data
     if spec == 'synthetic':
         from r3covr.synthetic import make_synthetic
         return make_synthetic(n_queries=n or 200, seed=seed)
     p = Path(spec)
     if not p.is_file(): raise DataError(f'dataset {spec!r}: no such file (or use "synthetic")')
+    if p.suffix == '.csv' and _is_egocvr(p): return data.load_egocvr(p, clips, on_error='skip')
     if p.suffix == '.csv': return data.load_webvid_covr(p, root=root, on_error='skip')
-    if p.suffix != '.json': raise DataError(f'dataset {spec!r}: expected a .csv (WebVid-CoVR) or .json (CoVR-R) file')
+    if p.suffix != '.json':
+        raise DataError(f'dataset {spec!r}: expected a .csv (WebVid-CoVR, EgoCVR) or .json (CoVR-R) file')
     if _is_challenge(read_json(p)): return data.load_challenge(p, root=root, gallery_root=gallery, on_error='skip')
     return data.load_covr_r(p, root=root, on_error='skip')
 
 def load_dataset(spec:str='synthetic', root:str|None=None, n:int|None=None, seed:int=0, gallery:str|None=None,
-                 rows:str='all') -> CoVRDataset:
-    "A dataset from a name or file: `synthetic`, a WebVid-CoVR CSV, a CoVR-R JSON or a challenge query JSON."
-    ds = _load(spec, root, n if rows == 'all' else None, seed, gallery)
+                 rows:str='all',
+                 clips:str|None=None) -> CoVRDataset:    # EgoCVR: the clip table (default: beside the annotations)
+    "A dataset from a name or file: `synthetic`, a WebVid-CoVR or EgoCVR CSV, a CoVR-R JSON or a challenge query JSON."
+    ds = _load(spec, root, n if rows == 'all' else None, seed, gallery, clips)
     if rows != 'all':                                                    # the gallery stays whole
         ds = ds.subset(ids=[q.id for q in ds.queries[('even', 'odd').index(rows)::2]])
     return ds.subset(n) if n else ds
 
 def dataset_of(cfg:dict) -> CoVRDataset:
     "The dataset a run's settings name; `DataError` when no query is usable, or (`strict`) any row was skipped."
-    ds = load_dataset(cfg['dataset'], cfg['root'], cfg['n'], cfg['seed'], cfg['gallery'], cfg.get('rows', 'all'))
+    ds = load_dataset(cfg['dataset'], cfg['root'], cfg['n'], cfg['seed'], cfg['gallery'], cfg.get('rows', 'all'),
+                      cfg.get('clips'))
     first = f" (first: {ds.skipped[0]['item']}: {ds.skipped[0]['reason']})" if ds.skipped else ''
     name = f"dataset {cfg['dataset']}"
     if not len(ds): raise DataError(f'{name}: no usable query; {len(ds.skipped)} rows skipped at load{first}')
     if ds.skipped and cfg.get('strict'):
         raise DataError(f'{name}: {len(ds.skipped)} rows skipped at load{first}; fix them, or run without --strict')
     if not ds.gallery: raise DataError(f'{name}: the gallery is empty')
+    if cfg.get('scope', 'global') == 'local' and not any(ds.videos[g].parent for g in ds.gallery):
+        raise DataError(f"{name}: scope=local ranks each query among its recording's clips, "
+                        'but this dataset names no recording of its videos (EgoCVR does)')
     return ds
 
 # %% ../nbs/08_pipeline.ipynb #c046
@@ -79,10 +92,14 @@ class RunDataset(CoVRDataset):
                                   videos={v: replace(x, caption=caps[v]) if v in caps else x
                                           for v, x in self.videos.items()}))
 
+def _labels(q) -> object:
+    "A query's targets as the fingerprint holds them: one id as itself (as before several were allowed), else a list."
+    return q.targets[0] if len(q.targets) == 1 else (list(q.targets) or None)
+
 def dataset_fingerprint(ds:CoVRDataset) -> str:
-    "A hash of what results depend on in `ds` as loaded: each query's id, reference, edit and target; the gallery."
+    "A hash of what results depend on in `ds` as loaded: each query's id, reference, edit and targets; the gallery."
     ds = ds.uncut() if isinstance(ds, RunDataset) else ds
-    return stable_hash([ds.name, [[q.id, q.reference, q.edit, q.target] for q in ds], sorted(ds.gallery)], 16)
+    return stable_hash([ds.name, [[q.id, q.reference, q.edit, _labels(q)] for q in ds], sorted(ds.gallery)], 16)
 
 def cut_texts(ds:CoVRDataset, encoder, limit:int) -> tuple:
     "(edits and captions of `ds` cut to `limit` encoder tokens: {'edits': {id: text}, 'captions': ...}, [(item, why)])."
@@ -156,9 +173,18 @@ def part(cfg:dict, ds:CoVRDataset):
 
 # %% ../nbs/08_pipeline.ipynb #c020
 def reason(cfg:dict, ds:CoVRDataset, models:Models, folder:RunFolder) -> dict:
-    "Stage 1: description records by query id (raw answers and cleaned descriptions cached in `folder`)."
+    "Stage 1: description records by query id: generated (raw answers, descriptions cached) or read (`descriptions`)."
     ds = run_dataset(cfg, models, folder, ds)
-    keys, show = stage_keys(cfg, ds, models), part(cfg, ds)
+    keys = stage_keys(cfg, ds, models)
+    if cfg['descriptions']:            # written elsewhere: read and fitted to the window, never generated
+        done = folder.records('descriptions', keys['reason'])
+        recs, failed, skipped = provided_descriptions(cfg['descriptions'], list(ds), Later(lambda: models.encoder),
+                                                      cfg['budget'], done)
+        folder.record_errors('load', skipped)      # lines of the source: not query failures
+        folder.record_errors('reason', failed)     # queries left without a description
+        folder.append('descriptions', keys['reason'], *[r for i, r in recs.items() if done.get(i) is not r])
+        return recs
+    show = part(cfg, ds)
     def work(batch): return generate_raw(batch, [show(q.reference) for q in batch], models.vlm, models.encoder,
                                          cfg['strategy'], cfg['budget'], cfg['template'])
     gens = folder.resume('generations', keys['generate'], list(ds), work, cfg['batch_size'], 'reason')
@@ -203,13 +229,19 @@ def search_texts(cfg:dict, ds:CoVRDataset, models:Models, gallery:Gallery, texts
 
 def search_reps(cfg:dict, ds:CoVRDataset, gallery, qs:list, reps) -> tuple:
     "(shortlists by id, target ranks by id) of queries `qs`, represented by `reps` (vectors or a bundle), in `gallery`."
-
-    groups = None if cfg['merged'] else {s: {g for g in gallery.ids if ds.videos[g].source == s}
-                                         for s in {q.source for q in qs}}
-    sls, ranks = search_gallery(reps, qs, gallery, cfg['k'], cfg['index'], groups)
+    merged, scope, groups, keys = cfg['merged'], cfg.get('scope', 'global'), None, None
+    if not merged or scope != 'global':                  # each query ranks its own part: source, recording, or both
+        keys = [ds.group_of(q, merged, scope) for q in qs]
+        groups = {k: set() for k in keys}
+        for g in gallery.ids:
+            if (k := ds.group_of_video(g, merged, scope)) in groups: groups[k].add(g)
+    sls, ranks = search_gallery(reps, qs, gallery, cfg['k'], cfg['index'], groups, keys)
     return {s.query_id: s for s in sls}, ranks
 
 # %% ../nbs/08_pipeline.ipynb #c027
+def _named(targets:tuple) -> str:
+    return f'target {targets[0]!r} is' if len(targets) == 1 else f'none of the targets {list(targets)} is'
+
 @dataclass(frozen=True)
 class Retrieved:
     "What the retrieve stage returns: the shortlists the reranker sees, target ranks by row, the row that made them."
@@ -221,8 +253,8 @@ def retrieve(cfg:dict, ds:CoVRDataset, models:Models, folder:RunFolder, descript
     "Stage 2: every route's shortlists and target ranks, their fusion; the fused shortlists saved in `folder`."
     ds = run_dataset(cfg, models, folder, ds)
     gallery = embed(cfg, ds, models, folder)
-    folder.record_errors('retrieve', [(q.id, f'target {q.target!r} is not in the gallery: the query cannot be scored')
-                                      for q in ds if q.target is not None and q.target not in gallery.pos])
+    folder.record_errors('retrieve', [(q.id, f'{_named(q.targets)} not in the gallery: the query cannot be scored')
+                                      for q in ds if q.targets and not any(t in gallery.pos for t in q.targets)])
     qs, show = [q for q in ds if q.id in descriptions or 'description' not in cfg['routes']], part(cfg, ds)
     texts = lambda t: text_vectors(cfg, models, folder, t)
     videos = lambda ids: models.encoder.embed_videos([show(v) for v in ids])
@@ -266,6 +298,29 @@ def _judgements(cfg:dict, ds:CoVRDataset, models:Models, folder:RunFolder, descr
     key = stage_keys(cfg, ds, models)['judge']
     return folder.resume('judge', key, qs, work, max(1, cfg['batch_size'] // 2), 'rerank', done=deep)
 
+def _without(rec:dict, drop:set) -> dict:
+    "Ranked list `rec` (`ids`, `scores`, `judged`) with the ids in `drop` taken out; `judged` counts those that stay."
+    n, ids, scores = rec.get('judged', 0), list(rec['ids']), list(rec.get('scores') or [])
+    keep = [i for i, x in enumerate(ids) if x not in drop]
+    if len(keep) == len(ids): return rec
+    if scores and len(scores) != len(ids):
+        raise DataError(f'its ranked list has {len(ids)} ids and {len(scores)} scores')
+    return dict(rec, ids=[ids[i] for i in keep], scores=[scores[i] for i in keep] if scores else [],
+                judged=sum(i < n for i in keep))
+
+def best_rank(rec:dict, targets, rank_one, among=None) -> float:
+    "The least `rank_one(list, t)` over targets `t` (those `among`, default all), the other targets out of the list."
+    ts = (targets,) if isinstance(targets, str) else tuple(targets)
+    return min((rank_one(_without(rec, set(ts) - {t}), t) for t in (ts if among is None else among)), default=np.inf)
+
+def best_reranked_rank(sl:Shortlist, n_judged:int, targets:tuple, retrieval_rank:int) -> int:
+    "The best target's rank after reranking: `reranked_rank` of each target in the judged top, else retrieval's."
+    top = [t for t in targets if t in sl.ids[:n_judged]]
+    if not top: return retrieval_rank
+    one = lambda r, t: reranked_rank(Shortlist(sl.query_id, tuple(r['ids']), tuple(r['scores'])), r['judged'], t,
+                                     retrieval_rank)
+    return int(best_rank(dict(ids=sl.ids, scores=sl.scores, judged=n_judged), targets, one, among=top))
+
 @dataclass(frozen=True)
 class Reranked:
     "What the rerank stage returns: the reranked shortlists, target ranks, and how many leading candidates were judged."
@@ -286,17 +341,18 @@ def rerank(cfg:dict, ds:CoVRDataset, models:Models, folder:RunFolder, descriptio
         return reorder(s, scores, cfg['weight'])
     final = {i: one(i, s) for i, s in sls.items()}
     depth = {i: min(k, len(judged[i]['ids'])) for i in sls if i in judged}
-    ranks = {q.id: reranked_rank(final[q.id], depth[q.id], q.target, before[q.id])
+    ranks = {q.id: best_reranked_rank(final[q.id], depth[q.id], q.targets, before[q.id])
              for q in ds if q.id in judged and q.id in before}
     return Reranked(final, ranks, depth)
 
 # %% ../nbs/08_pipeline.ipynb #c035
 def row_names(cfg:dict, keys) -> dict:
     "Display names of table rows: the routes', the fusion's and the reranked row's (which say what they combine)."
+    routes = route_rows(cfg)
     fused = f"fusion ({cfg['fusion']}): {' + '.join(cfg['routes'])}"
-    shortlist = fused if len(cfg['routes']) > 1 else ROW_NAMES.get(cfg['routes'][0], cfg['routes'][0])
+    shortlist = fused if len(cfg['routes']) > 1 else routes.get(cfg['routes'][0], cfg['routes'][0])
     extra = dict(fusion=fused, rerank=f"{shortlist} -> rerank ({cfg['rerank_mode']})")
-    return {k: {**ROW_NAMES, **extra}.get(k, k) for k in keys}
+    return {k: {**routes, **extra}.get(k, k) for k in keys}
 
 def _lengths(descriptions:dict) -> dict:
     d = list(descriptions.values())
@@ -358,8 +414,11 @@ def run(folder, ds:CoVRDataset|None=None, models:Models|None=None, **settings) -
         return {**evaluate(cfg, ds, folder, ranks, found.shortlist_row, desc, times), 'folder': str(folder.dir)}
 
 # %% ../nbs/08_pipeline.ipynb #h387ccd7
-def ranking_rank(rec:dict, target:str, reference:str|None=None) -> float:
-    "A target's rank in one ranked list (`ids`, `scores`, `judged`) as `run` counts it; inf when the list lacks it."
+def _ranking_rank(rec:dict, target:str, reference:str|None=None) -> float:
     n, ids, scores = rec.get('judged', 0), list(rec['ids']), list(rec.get('scores') or [])
     below = n + list_rank(dict(ids=ids[n:], scores=scores[n:]), target, reference)   # in retrieval's order
     return float(reranked_rank(Shortlist(rec.get('id', ''), tuple(ids), tuple(scores)), n, target, below))
+
+def ranking_rank(rec:dict, targets, reference:str|None=None) -> float:
+    "The best target's rank in one ranked list (`ids`, `scores`, `judged`) as `run` counts it; inf if it holds none."
+    return best_rank(rec, targets, lambda r, t: _ranking_rank(r, t, reference))

@@ -17,24 +17,16 @@ from .core import R3Error, atomic_write
 from .lm import (answer_logprobs, answer_token_ids, batches, cache_kw, cache_of, cache_rows, chat_messages,
                        left_pad, prefix_scored, yes_no_from_logits)
 from .models import VLM
-from .video import Frames
 from .weights import resolve_weights
 
 # %% auto #0
-__all__ = ['SPECIAL_TOKENS', 'TWIN_TEMPLATE', 'TWIN_VERSION', 'frames_of', 'video_metadata', 'build_twin', 'Qwen3VL']
+__all__ = ['SPECIAL_TOKENS', 'TWIN_TEMPLATE', 'TWIN_VERSION', 'frames_of', 'build_twin', 'Qwen3VL']
 
 # %% ../nbs/03a_qwen3vl.ipynb #c006
 def frames_of(msgs:list) -> list:
     "The `Frames` behind the video parts of chat messages, in order: what Qwen3-VL's video placeholders stand for."
     parts = [p for m in msgs if isinstance(m['content'], list) for p in m['content']]
     return [p['video'].frames for p in parts if p['type'] == 'video']
-
-# %% ../nbs/03a_qwen3vl.ipynb #c010
-def video_metadata(frames:Frames) -> dict:
-    "The timing Qwen3-VL's processor needs for frames r3covr has already sampled."
-    t, h, w = frames.array.shape[:3]
-    return dict(total_num_frames=int(frames.total_frames), fps=float(frames.source_fps) or None,
-                frames_indices=list(frames.indices), height=int(h), width=int(w), duration=frames.duration or None)
 
 # %% ../nbs/03a_qwen3vl.ipynb #c014
 SPECIAL_TOKENS = ('<|endoftext|>', '<|im_start|>', '<|im_end|>', '<|object_ref_start|>', '<|object_ref_end|>',
@@ -175,7 +167,7 @@ def _encode(self:Qwen3VL, prompts:list):
     for c in prompts:
         msgs = chat_messages(c); frames += frames_of(msgs)
         texts.append(self.processor.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True))
-    kw = dict(videos=[f.array for f in frames], video_metadata=[video_metadata(f) for f in frames],
+    kw = dict(videos=[f.array for f in frames], video_metadata=[f.metadata() for f in frames],
               do_sample_frames=False) if frames else {}
     return self.processor(text=texts, padding=True, return_tensors='pt', **kw).to(self.device)
 

@@ -4,14 +4,19 @@
 
 # %% ../nbs/04_reason.ipynb #c003
 from __future__ import annotations
+import json
 import re
-from .core import Query, check_text
+from pathlib import Path
+from .core import ConfigError, DataError, Query, check_text
 from .models import Encoder, VLM
 from .prompts import PROMPTS, PromptTemplate, word_budget
+from .weights import file_sha256
 
 # %% auto #0
-__all__ = ['CLEANER', 'STRATEGIES', 'template_phrases', 'strip_echo', 'collapse_repeats', 'clean_description', 'says_nothing',
-           'window', 'fit_to_window', 'generate_raw', 'describe_raw', 'describe', 'baseline_text']
+__all__ = ['CLEANER', 'STRATEGIES', 'PROVIDED', 'template_phrases', 'strip_echo', 'collapse_repeats', 'clean_description',
+           'says_nothing', 'window', 'fit_to_window', 'generate_raw', 'describe_raw', 'describe', 'description_source',
+           'source_label', 'source_identity', 'read_descriptions', 'provided_record', 'provided_descriptions',
+           'baseline_text']
 
 # %% ../nbs/04_reason.ipynb #c015
 CLEANER = 'clean@4'   # part of the description key: a new cleaner re-cleans the cached raw answers (no new generation)
@@ -151,6 +156,97 @@ def describe(queries:list, refs:list, vlm:VLM, encoder:Encoder, strategy:str='on
     "Description records for `queries`, whose reference videos are the `VideoPart`s `refs`."
     gens = generate_raw(queries, refs, vlm, encoder, strategy, budget, template, max_trace_tokens)
     return [describe_raw(q, g, encoder, budget) for q, g in zip(queries, gens)]
+
+# %% ../nbs/04_reason.ipynb #p002
+PROVIDED = 'provided@1'   # part of the reason key of provided descriptions: a new reader re-reads them
+
+def description_source(spec:str) -> tuple:
+    "(kind, where) of a `descriptions` source: ('column', NAME) for `column:NAME`, else ('file', the path)."
+    if not isinstance(spec, str) or not spec.strip():
+        raise ConfigError(f'descriptions {spec!r}: expected column:NAME or the path of a JSONL file')
+    kind, colon, name = spec.partition(':')
+    if kind != 'column' or not colon: return 'file', spec
+    if not name.strip(): raise ConfigError(f'descriptions {spec!r}: name the column, e.g. column:modified_captions')
+    return 'column', name.strip()
+
+def _source_file(where:str) -> Path:
+    p = Path(where)
+    if not p.is_file():
+        raise ConfigError(f'descriptions {where!r}: no such file (a JSONL file of {{"id", "description"}} lines, '
+                          'or column:NAME)')
+    return p
+
+def source_label(spec:str) -> str:
+    "Where provided descriptions come from, in words: `column NAME` or `file NAME.jsonl`."
+    kind, where = description_source(spec)
+    return f'column {where}' if kind == 'column' else f'file {Path(where).name}'
+
+def source_identity(spec:str, dataset:str|None=None) -> list:
+    "What enters the reason key: the file's sha256 (not its path), or the column with the hash of `dataset`'s file."
+    kind, where = description_source(spec)
+    if kind == 'file': return [PROVIDED, 'file', file_sha256(_source_file(where))]
+    data = file_sha256(dataset) if dataset and Path(dataset).is_file() else dataset
+    return [PROVIDED, 'column', where, data]
+
+# %% ../nbs/04_reason.ipynb #p004
+def _json_lines(path:Path, ids:set) -> tuple:
+    "({id: (text, line)}, skipped [(file:line, why)]) of a JSONL file of {id, description} lines, for queries `ids`."
+    found, skipped, unknown = {}, [], []
+    for n, line in enumerate(path.read_bytes().splitlines(), 1):
+        item = f'{path.name}:{n}'
+        if not line.strip(): continue
+        try: rec = json.loads(line)
+        except (ValueError, RecursionError) as e:
+            skipped.append((item, f'not a JSON line ({getattr(e, "msg", None) or "not UTF-8 text"})')); continue
+        qid = rec.get('id') if isinstance(rec, dict) else None
+        if isinstance(qid, int) and not isinstance(qid, bool): qid = str(qid)
+        if not isinstance(qid, str) or not qid:
+            skipped.append((item, 'expected an object with a query "id" (a string) and a "description"')); continue
+        if not isinstance(rec.get('description'), str):
+            skipped.append((item, f'query {qid!r}: "description" is not a text')); continue
+        if qid not in ids: unknown.append((qid, n)); continue
+        if qid in found:
+            skipped.append((item, f'query {qid!r}: a second description (line {found[qid][1]} is kept)')); continue
+        found[qid] = rec['description'], n
+    if unknown:
+        skipped.append((path.name, f'{len(unknown)} descriptions for ids that are no query of this dataset, ignored '
+                                   f'(first: {unknown[0][0]!r}, line {unknown[0][1]})'))
+    return found, skipped
+
+def read_descriptions(spec:str, queries:list) -> tuple:
+    "(text by query id, failed [(query id, why)], skipped [(item, why)]) of source `spec` for `queries`."
+    kind, where = description_source(spec)
+    label, ids = source_label(spec), {q.id for q in queries}
+    if kind == 'file': found, skipped = _json_lines(_source_file(where), ids)
+    else: found, skipped = {q.id: ((getattr(q, 'extra', None) or {}).get(where), None) for q in queries}, []
+    texts, failed = {}, []
+    for q in queries:
+        t, line = found.get(q.id, (None, None))
+        at = f' (line {line})' if line else ''
+        if not isinstance(t, str): failed.append((q.id, f'no description in {label}'))
+        elif says_nothing(t): failed.append((q.id, f'the description in {label}{at} holds no word: {t!r}'))
+        else: texts[q.id] = ' '.join(t.split())
+    if queries and not texts:
+        first = (failed + skipped)[0]
+        raise DataError(f'descriptions {label}: none of the {len(queries)} queries has one '
+                        f'(first: {first[0]}: {first[1]})')
+    return texts, failed, skipped
+
+def provided_record(qid:str, text:str, encoder:Encoder, budget:int|None=None, source:str='') -> dict:
+    "The description record of a provided `text`, fitted to `budget` tokens as generated ones are."
+    budget = budget or window(encoder)
+    short, n = fit_to_window(text, encoder, budget)
+    return dict(id=qid, description=short, trace='', raw=text, template=PROVIDED, source=source, tokens_raw=n,
+                tokens=encoder.count_tokens(short), budget=budget, overflow=n > budget, fallback=False)
+
+def provided_descriptions(spec:str, queries:list, encoder:Encoder, budget:int|None=None,
+                          done:dict|None=None) -> tuple:
+    "(records by query id, failed, skipped) of source `spec`: records of `done` kept where their text is unchanged."
+    texts, failed, skipped = read_descriptions(spec, queries)
+    done, label = done or {}, source_label(spec)
+    same = lambda i: done.get(i, {}).get('raw') == texts[i] and done[i].get('template') == PROVIDED
+    recs = {i: done[i] if same(i) else provided_record(i, t, encoder, budget, label) for i, t in texts.items()}
+    return recs, failed, skipped
 
 # %% ../nbs/04_reason.ipynb #c027
 def baseline_text(q:Query, ref_caption:str|None, kind:str) -> str:

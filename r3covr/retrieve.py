@@ -205,21 +205,31 @@ def _columns(gallery, ids:list) -> np.ndarray:
     "Gallery positions of `ids`, -1 for an id not in the gallery."
     return np.array([gallery.pos.get(x, -1) for x in ids], int)
 
-def rank_targets(gallery, qvecs, targets:list, references:list, block:int=65536, near:float=1e-4) -> np.ndarray:
-    "0-based rank of each query's target over the whole gallery (NaN when it is not in it), counted block by block."
-    t, r = _columns(gallery, targets), _columns(gallery, references)
-    ranks = np.full(len(t), np.nan)
-    rows = np.flatnonzero(t >= 0)
+def _target_columns(gallery, targets:list) -> list:
+    "Per query, the gallery positions of its targets (one id, or a sequence of ids) that are in the gallery."
+    one = lambda t: (t,) if t is None or isinstance(t, str) else tuple(t)
+    return [[gallery.pos[x] for x in one(t) if x is not None and x in gallery.pos] for t in targets]
+
+def rank_targets(gallery, qvecs,
+                 targets:list,      # per query: its target id, or a sequence of ids (any of them is a hit)
+                 references:list, block:int=65536, near:float=1e-4) -> np.ndarray:
+    "0-based rank of each query's best target: the non-targets above it, counted block by block; NaN if none is in."
+    cols, r = _target_columns(gallery, targets), _columns(gallery, references)
+    ranks = np.full(len(cols), np.nan)
+    rows = np.array([i for i, c in enumerate(cols) if c], int)
     if not len(rows): return ranks
-    q, t, r = _rows(qvecs, rows), t[rows], r[rows]
-    own = _exact(gallery, q, t)
+    q, r = _rows(qvecs, rows), r[rows]
+    pr = np.repeat(np.arange(len(rows)), [len(cols[i]) for i in rows])     # (query row, target column) pairs
+    pc = np.concatenate([cols[i] for i in rows]).astype(int)
+    own = np.full(len(rows), -np.inf)
+    np.maximum.at(own, pr, _exact(gallery, _rows(q, pr), pc))              # the best target's score
+    er, ec = np.r_[pr, np.flatnonzero(r >= 0)], np.r_[pc, r[r >= 0]]       # no target nor the reference competes
     count = np.zeros(len(q), np.int64)
     for lo in range(0, len(gallery), block):
         S = gallery.scores(q, lo, lo + block)
         above, close = S > (own + near)[:, None], S >= (own - near)[:, None]   # clearly above; maybe tied or above
-        for c in (t, r):                                          # neither the target nor the reference competes
-            inside = np.flatnonzero((c >= lo) & (c < lo + S.shape[1]))
-            above[inside, c[inside] - lo] = close[inside, c[inside] - lo] = False
+        inside = (ec >= lo) & (ec < lo + S.shape[1])
+        above[er[inside], ec[inside] - lo] = close[er[inside], ec[inside] - lo] = False
         count += above.sum(1)
         i, j = np.nonzero(close & ~above)                         # too close to call in float32: score again
         if len(i): np.add.at(count, i, beats(_exact(gallery, _rows(q, i), lo + j), own[i]))
@@ -245,27 +255,31 @@ def gallery_index(gallery, kind:str='flat'):
         gallery._indexes[kind] = build_index(gallery.emb, kind) if plain else ScanIndex(gallery)
     return gallery._indexes[kind]
 
-def _parts(queries:list, gallery, groups:dict|None) -> list:
-    "(query rows, gallery part) pairs: everything at once, or each source's queries with its own videos."
+def _parts(queries:list, gallery, groups:dict|None, query_groups:list|None=None) -> list:
+    "(query rows, gallery part) pairs: everything at once, or each group's queries with the group's own videos."
     if groups is None: return [(list(range(len(queries))), gallery)]
-    return [([i for i, q in enumerate(queries) if q.source == s],
-             gallery.subset([j for j, v in enumerate(gallery.ids) if v in m])) for s, m in groups.items()]
+    rows = {}
+    for i, key in enumerate(query_groups if query_groups is not None else [q.source for q in queries]):
+        rows.setdefault(key, []).append(i)
+    return [(rows[key], gallery.subset([j for j, v in enumerate(gallery.ids) if v in m]))
+            for key, m in groups.items() if key in rows]
 
 def retrieve(qvecs, queries:list, gallery, k:int=50, index:str='flat',
-             groups:dict|None=None,   # source -> its video ids: each query searches its own source's videos
+             groups:dict|None=None,   # group -> its video ids: each query searches its own group's videos
+             query_groups:list|None=None,   # each query's group (default: its source)
              block:int=65536) -> tuple:
     "(shortlists, {query id: 0-based target rank}) of query vectors (or a bundle) over `gallery`, by `groups`."
     if isinstance(qvecs, (np.ndarray, list)): qvecs = np.asarray(qvecs, np.float32)
     sls, ranks = [Shortlist(q.id, (), ()) for q in queries], {}
-    for rows, g in _parts(queries, gallery, groups):
+    for rows, g in _parts(queries, gallery, groups, query_groups):
         if not rows or not len(g): continue
         qs = [queries[i] for i in rows]
         refs = [q.reference for q in qs]
         qv = _rows(qvecs, rows)
         found = search(gallery_index(g, index), g.ids, qv, [q.id for q in qs], refs, k)
         for j, (i, s) in enumerate(zip(rows, found)): sls[i] = settle(g, _rows(qv, [j]), s)
-        lab = [i for i, q in zip(rows, qs) if q.target is not None]
-        targets, refs = [queries[i].target for i in lab], [queries[i].reference for i in lab]
+        lab = [i for i, q in zip(rows, qs) if q.targets]
+        targets, refs = [queries[i].targets for i in lab], [queries[i].reference for i in lab]
         rk = rank_targets(g, _rows(qvecs, lab), targets, refs, block)
         ranks.update({queries[i].id: int(x) for i, x in zip(lab, rk) if not np.isnan(x)})
     return sls, ranks

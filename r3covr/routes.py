@@ -10,12 +10,12 @@ import numpy as np
 from fastcore.basics import patch
 from .core import CoVRDataset, ConfigError, Video
 from .models import l2norm
-from .reason import baseline_text
+from .reason import baseline_text, source_label
 from .retrieve import Gallery, ScanIndex
 
 # %% auto #0
 __all__ = ['ROUTES', 'BASELINES', 'ROW_NAMES', 'FUSIONS', 'words', 'BM25', 'moments', 'Queries', 'Fused', 'RRF', 'gated_blend',
-           'route_texts', 'reference_vectors', 'lexical_route', 'route_gallery', 'fuse']
+           'route_rows', 'route_texts', 'reference_vectors', 'lexical_route', 'route_gallery', 'fuse']
 
 # %% ../nbs/05a_routes.ipynb #r006
 def words(text:str) -> list:
@@ -176,6 +176,11 @@ BASELINES = ('edit', 'reference', 'direct')        # the no-VLM routes, ranked a
 ROW_NAMES = {'edit': 'edit only (no VLM)', 'reference': 'reference only (no VLM)',
              'direct': 'direct: reference + edit (no VLM)', 'lexical': 'lexical: BM25 of reference + edit (no VLM)',
              'description': 'R3: reason -> retrieve (description)'}
+
+def route_rows(cfg:dict) -> dict:
+    "Display names of the route rows of a run of `cfg`: the description row says where its descriptions came from."
+    if not cfg.get('descriptions'): return dict(ROW_NAMES)
+    return {**ROW_NAMES, 'description': f"provided descriptions ({source_label(cfg['descriptions'])}) -> retrieve"}
 
 # %% ../nbs/05a_routes.ipynb #r034
 def _captions(ds:CoVRDataset, ids) -> list|None:

@@ -4,11 +4,14 @@
 
 # %% ../nbs/07a_runfolder.ipynb #f003
 from __future__ import annotations
+import fcntl
 import io
 import json
 import os
 import re
 import socket
+import sys
+import threading
 import time
 
 from contextlib import contextmanager
@@ -105,9 +108,26 @@ def errors(self:RunFolder, stage:str|None=None) -> list:
     return [r for r in read_jsonl(self.path('errors')) if stage is None or r.get('stage') == stage]
 
 @patch
+def _error_keys(self:RunFolder) -> set:
+    "(stage, id, error) of every recorded error, reading only what was appended since the last call."
+    p = self.path('errors')
+    try: st = p.stat()
+    except FileNotFoundError: self._errs = None; return set()
+    ino, off, seen = getattr(self, '_errs', None) or (st.st_ino, 0, set())
+    if ino != st.st_ino or st.st_size < off: off, seen = 0, set()        # replaced: read again from the start
+    if st.st_size > off:
+        with open(p, 'rb') as f: f.seek(off); data = f.read(st.st_size - off)
+        whole = data[:data.rfind(b'\n') + 1]                              # a torn last line waits for its end
+        try: recs, off = [json.loads(x) for x in whole.splitlines() if x.strip()], off + len(whole)
+        except ValueError: recs, off, seen = self.errors(), st.st_size, set()   # damage: read_jsonl's rule decides
+        seen.update((r.get('stage'), r.get('id'), r.get('error')) for r in recs if isinstance(r, dict))
+    self._errs = (st.st_ino, off, seen)
+    return seen
+
+@patch
 def record_errors(self:RunFolder, stage:str, errors:list):
-    "Append `(id, message)` failures of `stage` not recorded yet."
-    seen, new = {(r.get('stage'), r.get('id'), r.get('error')) for r in self.errors()}, []
+    "Append `(id, message)` failures of `stage` not recorded yet (linear: the file is not read again per call)."
+    seen, new = self._error_keys(), []
     for i, e in errors:
         if (stage, i, str(e)) in seen: continue
         seen.add((stage, i, str(e)))
@@ -117,7 +137,7 @@ def record_errors(self:RunFolder, stage:str, errors:list):
 @patch
 def reset_errors(self:RunFolder, keep:bool=False):
     "Start the error list of a new run (`keep`: leave the old one, e.g. when failures are not retried)."
-    if not keep: self.write('errors', [])
+    if not keep: self.write('errors', []); self._errs = None
 
 # %% ../nbs/07a_runfolder.ipynb #f017
 @patch
@@ -142,10 +162,31 @@ def resume(self:RunFolder, stage:str, key:str, items:list, work, batch_size:int=
     return recs
 
 # %% ../nbs/07a_runfolder.ipynb #f021
+def _is_run(d:Path) -> bool:
+    "Whether folder `d` holds a run: its lock file, a run's config.json, a stage file or an ablation's rows."
+    if (d/FILES['lock']).exists() or (d/FILES['ablation']).exists(): return True
+    if any(p.stem.partition('-')[0] in STAGES for p in d.glob('*-*.jsonl')): return True
+    try: c = read_json(d/FILES['config'])
+    except (DataError, ValueError, OSError): return False
+    return isinstance(c, dict) and ('layout' in c or 'keys' in c)
+
+@patch
+def prepare(self:RunFolder) -> RunFolder:
+    "Make the folder for a run, or refuse in one line: a file, an unwritable folder, a folder holding something else."
+    d = self.dir
+    try:
+        if d.exists() and not d.is_dir(): raise R3Error(f'{d} is a file, not a run folder; choose another --out')
+        if d.is_dir() and any(d.iterdir()) and not _is_run(d):
+            raise R3Error(f'{d} is not empty and holds no run: a run would overwrite its files; choose another --out')
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as e: raise R3Error(f'{d}: cannot make or read the run folder ({e.strerror})') from None
+    if not os.access(d, os.W_OK | os.X_OK): raise R3Error(f'{d}: no permission to write in it; choose another --out')
+    return self
+
 @patch
 def start(self:RunFolder, config:dict) -> Path:
     "Create the folder and write `config.json` (the run's settings, keys and weights) with the layout version."
-    self.dir.mkdir(parents=True, exist_ok=True)
+    self.prepare()
     return self.write('config', {**config, 'layout': LAYOUT})
 
 @patch
@@ -168,30 +209,65 @@ def done(self:RunFolder) -> dict:
     return out
 
 # %% ../nbs/07a_runfolder.ipynb #f025
-def _alive(pid:int) -> bool:
-    "Whether process `pid` exists on this machine."
-    try: os.kill(pid, 0)
-    except ProcessLookupError: return False
-    except PermissionError: return True
-    return True
+_HELD = {}                       # (device, inode) of a lock file held here -> [descriptor, depth, thread]
+_GUARD = threading.Lock()
+
+def _holder(fd:int) -> str:
+    "Who holds the lock of `fd`, from what its holder wrote into the file (its pid, host and start time)."
+    for _ in range(25):                        # the holder writes it just after taking the lock
+        try: info = json.loads(os.pread(fd, 4096, 0) or b'null')
+        except ValueError: info = None
+        if isinstance(info, dict):
+            host = re.sub(r'[^\w.-]', '?', str(info.get('host')))[:64]
+            since = re.sub(r'[^\w :-]', '?', str(info.get('since')))[:32]
+            return f"process {int(info.get('pid') or 0)} on {host} (since {since})"
+        time.sleep(0.01)
+    return 'another process'
+
+@patch
+def _take(self:RunFolder, fd:int, wait:float):
+    "Take the lock of `fd` (waiting up to `wait` seconds), then write who holds it."
+    deadline, said = time.monotonic() + wait, False
+    while True:
+        try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB); break
+        except BlockingIOError: pass
+        except OSError as e:
+            raise R3Error(f'{self.dir}: cannot lock {FILES["lock"]} ({e.strerror}): this filesystem has no working '
+                          'locks; choose another --out') from None
+        holder = _holder(fd)
+        if time.monotonic() >= deadline:
+            raise R3Error(f'{self.dir} is in use by {holder}; wait for it, or choose another --out')
+        if not said: print(f'waiting: {self.dir} is in use by {holder}', file=sys.stderr, flush=True); said = True
+        time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+    me = dict(pid=os.getpid(), host=socket.gethostname(), since=time.strftime('%Y-%m-%d %H:%M:%S'))
+    os.ftruncate(fd, 0); os.pwrite(fd, json.dumps(me).encode(), 0)
 
 @patch
 @contextmanager
-def locked(self:RunFolder):
-    "Hold the folder's lock while the block runs; refuse if another live process holds it, take over a stale one."
-    self.dir.mkdir(parents=True, exist_ok=True)
-    p = self.path('lock')
-    me = dict(pid=os.getpid(), host=socket.gethostname(), since=time.strftime('%Y-%m-%d %H:%M:%S'))
-    for _ in range(2):
-        try: fd = os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644); break
-        except FileExistsError:
-            try: held = json.loads(p.read_text())
-            except (OSError, ValueError): held = {}
-            if held.get('host') == me['host'] and isinstance(held.get('pid'), int) and _alive(held['pid']):
-                raise R3Error(f'{self.dir} is in use by process {held["pid"]} (since {held.get("since")}); '
-                              f'wait for it, or choose another --out')
-            p.unlink(missing_ok=True)                 # stale: its process is gone (or the lock is unreadable)
-    else: raise R3Error(f'{self.dir}: cannot take the run lock {p}')
-    with os.fdopen(fd, 'w') as f: f.write(json.dumps(me))
+def locked(self:RunFolder, wait:float|None=None):
+    "Hold the folder's lock while the block runs (re-entrant); another holder: refuse, or wait up to `wait` seconds."
+    if wait is None:                           # the command line's way to say it: R3COVR_LOCK_WAIT=<seconds>
+        try: wait = float(os.environ.get('R3COVR_LOCK_WAIT') or 0)
+        except ValueError: raise R3Error('R3COVR_LOCK_WAIT must be a number of seconds') from None
+    self.prepare()
+    try: fd = os.open(self.path('lock'), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    except OSError as e: raise R3Error(f'{self.dir}: cannot open its lock file ({e.strerror})') from None
+    st, me = os.fstat(fd), threading.get_ident()
+    key = (st.st_dev, st.st_ino)
+    with _GUARD:
+        held = _HELD.get(key)
+        if held and held[2] == me: held[1] += 1                  # this thread holds it already: nested
+    if held and held[2] == me:
+        os.close(fd)                           # another descriptor: closing it leaves the flock of the first alone
+        try: yield self
+        finally:
+            with _GUARD: held[1] -= 1
+        return
+    try: self._take(fd, wait)
+    except BaseException: os.close(fd); raise
+    with _GUARD: _HELD[key] = [fd, 1, me]
     try: yield self
-    finally: p.unlink(missing_ok=True)
+    finally:
+        with _GUARD: _HELD.pop(key, None)
+        try: os.ftruncate(fd, 0)               # the information goes with the lock; the file stays
+        finally: os.close(fd)                  # closing the descriptor releases the lock

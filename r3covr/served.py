@@ -5,12 +5,16 @@
 # %% ../nbs/03e_served.ipynb #s003
 from __future__ import annotations
 import base64
+import ctypes
 import http.client
 import importlib.util
 import io
+import ipaddress
 import json
 import math
 import os
+import random
+import re
 import signal
 import socket
 import subprocess
@@ -18,8 +22,7 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import numpy as np
@@ -30,81 +33,190 @@ from .models import VLM, load_preset
 from .weights import Weights, gguf_in, resolve_weights
 
 # %% auto #0
-__all__ = ['NO_LOGPROBS', 'DEFAULT_URL', 'NOT_INSTALLED', 'frame_jpegs', 'video_content', 'api_messages', 'chat_body',
-           'Retryable', 'call', 'with_retries', 'chat_completion', 'StubServer', 'answer_text', 'first_token_logprobs',
-           'yes_no_from_top', 'served_weights', 'about', 'OpenAIVLM', 'free_port', 'gguf_of', 'LocalServer',
-           'run_command', 'serve']
+__all__ = ['MAX_PIXELS', 'MAX_ANSWER_BYTES', 'MAX_REDIRECTS', 'NO_LOGPROBS', 'WANT', 'DEFAULT_URL', 'NOT_INSTALLED',
+           'PR_SET_PDEATHSIG', 'PRCTL', 'fit_pixels', 'frame_jpegs', 'video_content', 'api_messages', 'chat_body',
+           'Retryable', 'retry_after', 'is_loopback', 'origin', 'key_may_go', 'insecure_key', 'redact', 'exchange',
+           'call', 'with_retries', 'chat_completion', 'StubServer', 'dig', 'answer_text', 'first_token_logprobs',
+           'yes_no_from_top', 'served_weights', 'about', 'key_for', 'OpenAIVLM', 'dies_with_parent', 'free_port',
+           'gguf_of', 'LocalServer', 'run_command', 'serve']
 
 # %% ../nbs/03e_served.ipynb #s007
-def frame_jpegs(frames, quality:int=90) -> list:
-    "Each frame of `frames` (a `Frames`) as base64 JPEG text."
+MAX_PIXELS = 448 * 448   # a frame's pixel budget on the wire (Qwen3-VL's processor caps a video frame near this)
+
+def fit_pixels(size:tuple, max_pixels:int|None=MAX_PIXELS) -> tuple:
+    "(width, height) scaled down, aspect kept, to at most `max_pixels` pixels; None: as it is."
+    w, h = size
+    if not max_pixels or w * h <= max_pixels: return w, h
+    s = math.sqrt(max_pixels / (w * h))
+    return max(1, int(w * s)), max(1, int(h * s))
+
+def frame_jpegs(frames, quality:int=90, max_pixels:int|None=MAX_PIXELS) -> list:
+    "Each frame of `frames` (a `Frames`) as base64 JPEG text, scaled to at most `max_pixels` pixels."
     from PIL import Image
     out = []
     for a in frames.array:
-        buf = io.BytesIO(); Image.fromarray(np.asarray(a, np.uint8)).save(buf, format='JPEG', quality=quality)
+        im = Image.fromarray(np.asarray(a, np.uint8))
+        if (size := fit_pixels(im.size, max_pixels)) != im.size: im = im.resize(size, Image.BICUBIC)
+        buf = io.BytesIO(); im.save(buf, format='JPEG', quality=quality)
         out.append(base64.b64encode(buf.getvalue()).decode())
     return out
 
-def video_content(v:VideoPart, frames_as:str='images') -> list:
+def video_content(v:VideoPart, frames_as:str='images', max_pixels:int|None=MAX_PIXELS) -> list:
     "A `VideoPart`'s frames as chat content parts: JPEG images, or one video."
-    jpegs = frame_jpegs(v.frames)
+    jpegs = frame_jpegs(v.frames, max_pixels=max_pixels)
     if frames_as == 'video':
         return [{'type': 'video_url', 'video_url': {'url': 'data:video/jpeg;base64,' + ','.join(jpegs)}}]
     return [{'type': 'image_url', 'image_url': {'url': 'data:image/jpeg;base64,' + j}} for j in jpegs]
 
 # %% ../nbs/03e_served.ipynb #s009
-def api_messages(chat:Chat, frames_as:str='images') -> list:
+def api_messages(chat:Chat, frames_as:str='images', max_pixels:int|None=MAX_PIXELS) -> list:
     "`chat_messages(chat)` in the API's form: each video part as JPEG images or as one video part."
-    def api(part): return video_content(part['video'], frames_as) if part['type'] == 'video' else [part]
+    def api(part): return video_content(part['video'], frames_as, max_pixels) if part['type'] == 'video' else [part]
     return [m if isinstance(m['content'], str) else {**m, 'content': [x for p in m['content'] for x in api(p)]}
             for m in chat_messages(chat)]
 
-def chat_body(chat:Chat, model:str, max_tokens:int, top_logprobs:int|None=None, frames_as:str='images') -> dict:
+def chat_body(chat:Chat, model:str, max_tokens:int, top_logprobs:int|None=None, frames_as:str='images',
+              max_pixels:int|None=MAX_PIXELS) -> dict:
     "The JSON body of one request: greedy, at most `max_tokens` new tokens; `top_logprobs`: the first token's rivals."
-    body = dict(model=model, messages=api_messages(chat, frames_as), max_tokens=max_tokens, temperature=0)
+    body = dict(model=model, messages=api_messages(chat, frames_as, max_pixels), max_tokens=max_tokens, temperature=0)
     if top_logprobs: body.update(logprobs=True, top_logprobs=top_logprobs)   # both: `logprobs` alone returns none
     return body
 
 # %% ../nbs/03e_served.ipynb #s017
 class Retryable(ServiceError):
-    "A fault that may pass: no connection, a dropped one, a timeout, a 5xx or 429 answer."
+    "A fault that may pass: no connection, a dropped one, a timeout, a 5xx or 429 answer; `retry_after`: server's wait."
+    def __init__(self, msg:str, retry_after:float|None=None): super().__init__(msg); self.retry_after = retry_after
+
+def retry_after(value:str|None) -> float|None:
+    "Seconds from a `Retry-After` header in its seconds form; None for a date, garbage or a negative number."
+    try: s = float(value)
+    except (TypeError, ValueError): return None
+    return s if math.isfinite(s) and s >= 0 else None
 
 def _first_line(raw:bytes, n:int=200) -> str:
     "The error message inside an error answer (OpenAI's `error.message`, FastAPI's `detail`), on one short line."
     try: j = json.loads(raw)
-    except ValueError: j = None
+    except (ValueError, RecursionError): j = None
     err = j.get('error') or j.get('detail') if isinstance(j, dict) else None
     msg = (err.get('message') if isinstance(err, dict) else err) or raw.decode(errors='replace')
     text = str(msg).strip().splitlines()
     return (text[0] if text else '(empty)')[:n]
 
-def call(url:str, body:dict|None=None, key:str|None=None, timeout:float=60.) -> dict:
-    "GET (`body` None) or POST JSON to `url`, answer parsed; `Retryable` for faults that may pass, else `ServiceError`."
-    headers = {'Content-Type': 'application/json', **({'Authorization': f'Bearer {key}'} if key else {})}
-    req = urllib.request.Request(url, None if body is None else json.dumps(body).encode(), headers)
+# %% ../nbs/03e_served.ipynb #s017b
+def is_loopback(host:str|None) -> bool:
+    "Whether `host` is this machine (`localhost`, 127.0.0.0/8, ::1): what is sent there crosses no network."
+    host = (host or '').lower().rstrip('.')
+    if host == 'localhost' or host.endswith('.localhost'): return True
+    try: return ipaddress.ip_address(host).is_loopback
+    except ValueError: return False
+
+def origin(url:str) -> tuple:
+    "(scheme, host, port) of `url`: the one place a key was meant for."
+    u = urllib.parse.urlsplit(url)
+    try: port = u.port
+    except ValueError: port = None
+    return u.scheme.lower(), (u.hostname or '').lower(), port or {'http': 80, 'https': 443}.get(u.scheme.lower())
+
+def key_may_go(url:str, allow_insecure_key:bool=False) -> bool:
+    "Whether a key may be sent to `url`: over https, to this machine, or over plain http where the user allows it."
+    scheme, host, _ = origin(url)
+    return scheme == 'https' or scheme == 'http' and (is_loopback(host) or allow_insecure_key)
+
+def insecure_key(url:str, api_key_env:str|None=None) -> ConfigError:
+    "The error for a key that would travel in clear text: names the variable, never the key, and the way out."
+    var = f' in ${api_key_env}' if api_key_env else ''
+    return ConfigError(f'setting vlm.base_url={url}: plain http to another machine would carry the key{var} in clear '
+                       'text; use https, or set vlm.allow_insecure_key=true to send it anyway')
+
+def redact(text:str, key:str|None) -> str:
+    "`text` with `key` cut out (a server may echo it in an error)."
+    return text.replace(key, '<key>') if key else text
+
+# %% ../nbs/03e_served.ipynb #s017f
+MAX_ANSWER_BYTES = 16 * 2**20   # an answer over 16 MiB is not a chat completion (a judge's answer is ~5 KB)
+MAX_REDIRECTS = 3
+
+def _cut(sock):
+    "Shut `sock`: a read blocked on it returns at once (the request's deadline passed)."
+    try: sock.shutdown(socket.SHUT_RDWR)
+    except OSError: pass
+
+def _read(r, max_bytes:int, url:str) -> bytes:
+    "The body of answer `r`, counted as it comes: at most `max_bytes`."
+    if (r.length or 0) > max_bytes: raise ServiceError(f'{url} answered {r.length:,} bytes, more than the '
+                                                       f'{max_bytes:,} bytes allowed')
+    chunks, n = [], 0
+    while chunk := r.read(65536):
+        n += len(chunk); chunks.append(chunk)
+        if n > max_bytes: raise ServiceError(f'{url} answered more than the {max_bytes:,} bytes allowed')
+    if r.length: raise http.client.IncompleteRead(b''.join(chunks), r.length)   # the socket ended early
+    return b''.join(chunks)
+
+def exchange(url:str, method:str, data:bytes|None, headers:dict, deadline:float, max_bytes:int) -> tuple:
+    "One HTTP request: (status, headers, body), over by `deadline` (`time.monotonic`) whatever the server does."
+    u = urllib.parse.urlsplit(url)
+    if u.scheme not in ('http', 'https') or not u.hostname: raise ServiceError(f'{url}: not an http(s) URL')
+    left = lambda: max(0.001, deadline - time.monotonic())
+    conn = (http.client.HTTPSConnection if u.scheme == 'https' else http.client.HTTPConnection)(
+        u.hostname, origin(url)[2], timeout=left())
+    try: conn.connect()
+    except OSError as e: conn.close(); raise Retryable(f'{url} cannot be reached ({e})') from None
+    watchdog = threading.Timer(left(), _cut, (conn.sock,))   # the sock: the answer keeps it after conn lets go
+    watchdog.daemon = True; watchdog.start()
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r: raw = r.read()
-    except urllib.error.HTTPError as e:
-        cls = (Retryable if e.code >= 500 or e.code in (408, 429) else R3Error if e.code in (400, 413, 422)
-               else ServiceError)
-        raise cls(f'{url} answered HTTP {e.code}: {_first_line(e.read())}') from None
-    except urllib.error.URLError as e:
-        if isinstance(e.reason, TimeoutError): raise Retryable(f'{url} did not answer within {timeout:g} s') from None
-        raise Retryable(f'{url} cannot be reached ({e.reason})') from None
-    except TimeoutError: raise Retryable(f'{url} did not answer within {timeout:g} s') from None
-    except (ConnectionError, http.client.HTTPException) as e:
+        conn.request(method, urllib.parse.urlunsplit(('', '', u.path or '/', u.query, '')), data, headers)
+        r = conn.getresponse(); raw = _read(r, max_bytes, url)
+        if time.monotonic() >= deadline: raise TimeoutError   # cut: what was read may be a part
+        return r.status, r.headers, raw
+    finally: watchdog.cancel(); conn.close()
+
+# %% ../nbs/03e_served.ipynb #s017h
+def _no_constant(c): raise ValueError(f'{c} is not a finite number')
+
+def _fetch(url, method, data, headers, deadline, max_bytes, timeout) -> tuple:
+    "`exchange`, with socket faults as `Retryable`: a timeout, a dropped connection."
+    try: return exchange(url, method, data, headers, deadline, max_bytes)
+    except (OSError, http.client.HTTPException) as e:
+        if isinstance(e, TimeoutError) or time.monotonic() >= deadline:
+            raise Retryable(f'{url} did not answer within {timeout:g} s') from None
         raise Retryable(f'{url} dropped the connection ({type(e).__name__})') from None
-    try: return json.loads(raw)
-    except ValueError: raise ServiceError(f'{url} answered with something that is not JSON: {raw[:60]!r}') from None
+
+def _call(url, body, key, timeout, max_bytes) -> dict:
+    deadline, home, first = time.monotonic() + timeout, origin(url), url
+    method, data = ('GET', None) if body is None else ('POST', json.dumps(body).encode())
+    for _ in range(MAX_REDIRECTS + 1):
+        auth = {'Authorization': f'Bearer {key}'} if key and origin(url) == home else {}   # the key: its origin only
+        status, headers, raw = _fetch(url, method, data, {'Content-Type': 'application/json', **auth}, deadline,
+                                      max_bytes, timeout)
+        if status not in (301, 302, 303, 307, 308) or not headers.get('Location'): break
+        url = urllib.parse.urljoin(url, headers['Location'])
+        if status in (301, 302, 303): method, data = 'GET', None                   # 307 and 308 keep the POST
+    else: raise ServiceError(f'{first} redirected more than {MAX_REDIRECTS} times')
+    if status >= 300:
+        msg = f'{first} answered HTTP {status}: {_first_line(raw)}'
+        if status >= 500 or status in (408, 429): raise Retryable(msg, retry_after(headers.get('Retry-After')))
+        raise (R3Error if status in (400, 413, 422) else ServiceError)(msg)
+    try: return json.loads(raw, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
+        raise ServiceError(f'{first} answered with something that is not JSON: {raw[:60]!r}') from None
+
+def call(url:str, body:dict|None=None, key:str|None=None, timeout:float=60., max_bytes:int=MAX_ANSWER_BYTES,
+         allow_insecure_key:bool=False) -> dict:
+    "GET (`body` None) or POST JSON to `url`, `timeout` s in all; `Retryable` if it may pass, else `ServiceError`."
+    if key and not key_may_go(url, allow_insecure_key): raise insecure_key(url)
+    try: return _call(url, body, key, timeout, max_bytes)
+    except R3Error as e:
+        e.args = (redact(str(e), key),); raise
 
 # %% ../nbs/03e_served.ipynb #s019
-def with_retries(fn, retries:int=2, backoff:float=0.5):
-    "`fn()`, tried again after `backoff`, 2 `backoff`, ... seconds while it raises `Retryable` (`retries` more times)."
+def with_retries(fn, retries:int=2, backoff:float=0.5, cap:float=30., sleep=time.sleep):
+    "`fn()`, tried again while it raises `Retryable` (`retries` more times), after its Retry-After or a jittered pause."
     for i in range(retries + 1):
         try: return fn()
         except Retryable as e:
             if i == retries: raise ServiceError(f'{e} ({retries + 1} tries)') from None
-            time.sleep(backoff * 2**i)
+            wait = e.retry_after if e.retry_after is not None else backoff * 2**i * random.uniform(0.5, 1)
+            sleep(min(cap, wait))
 
 # %% ../nbs/03e_served.ipynb #s021
 def chat_completion(text:str='', top_logprobs:list|None=None, model:str='stub') -> dict:
@@ -115,20 +227,29 @@ def chat_completion(text:str='', top_logprobs:list|None=None, model:str='stub') 
     choice = {'index': 0, 'message': {'role': 'assistant', 'content': text}, 'logprobs': lp, 'finish_reason': 'stop'}
     return {'object': 'chat.completion', 'model': model, 'choices': [choice]}
 
+def _send(h, status:int, out, delay:float=0., headers:dict|None=None):
+    "Write one answer on handler `h`: JSON or bytes after `delay` s, or a list of byte pieces `delay` s apart."
+    pieces = out if isinstance(out, list) else [out if isinstance(out, bytes) else json.dumps(out).encode()]
+    if not isinstance(out, list): time.sleep(delay)
+    try:
+        h.send_response(status); h.send_header('Content-Type', 'application/json')
+        for k, v in (headers or {}).items(): h.send_header(k, v)
+        h.send_header('Content-Length', str(sum(map(len, pieces)))); h.end_headers()
+        for p in pieces:
+            h.wfile.write(p); h.wfile.flush()
+            if isinstance(out, list): time.sleep(delay)
+    except (BrokenPipeError, ConnectionResetError): pass      # the client gave up waiting
+
 class StubServer:
-    "A stand-in OpenAI-compatible server on a free loopback port: `answer(path, body)` -> (status, JSON or bytes[, s])."
+    "A stand-in OpenAI-compatible server on a free loopback port: `answer(path, body)` -> (status, out[, s][, headers])"
     def __init__(self, answer, models=('stub',)):
         self.answer, self.models, self.requests = answer, list(models), []
     def _handle(self, h, body):
         self.requests.append((h.path, body, dict(h.headers)))
         listing = {'object': 'list', 'data': [{'id': m, 'object': 'model'} for m in self.models]}
-        status, out, *delay = (200, listing) if h.path.endswith('/models') else self.answer(h.path, body)
-        time.sleep(delay[0] if delay else 0)
-        data = out if isinstance(out, bytes) else json.dumps(out).encode()
-        try:
-            h.send_response(status); h.send_header('Content-Type', 'application/json')
-            h.send_header('Content-Length', str(len(data))); h.end_headers(); h.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError): pass      # the client gave up waiting
+        status, out, *more = (200, listing) if h.path.endswith('/models') else self.answer(h.path, body)
+        _send(h, status, out, *[m for m in more if not isinstance(m, dict)][:1],
+              headers=next((m for m in more if isinstance(m, dict)), None))
     def __enter__(self):
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
         stub = self
@@ -145,26 +266,42 @@ class StubServer:
 # %% ../nbs/03e_served.ipynb #s026
 NO_LOGPROBS = ('the server returned no log-probabilities, so it cannot judge (P(yes) is read from them); vLLM, SGLang '
                "and llama.cpp's server return them, `transformers serve` does not")
+WANT = {str: 'a string', list: 'a list', dict: 'an object', float: 'a finite number'}
+_RAISE = object()
 
-def _malformed(what:str, ans) -> ServiceError:
-    return ServiceError(f'malformed answer: no {what} in {json.dumps(ans)[:120]}')
+def _malformed(path:str, ans, want:type|None=None) -> ServiceError:
+    where = re.sub(r'\.(\d+)', r'[\1]', path) + (f' ({WANT[want]})' if want else '')
+    return ServiceError(f'malformed answer: no {where} in {json.dumps(ans)[:120]}')
 
+def _is(x, want:type) -> bool:
+    if want is float: return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    return isinstance(x, want)
+
+def dig(ans, path:str, want:type=dict, missing=_RAISE):
+    "The `want` at `path` ('choices.0.message') in a JSON answer; absent or null: `missing`; else a `ServiceError`."
+    x = ans
+    for k in path.split('.'):
+        if isinstance(x, list) and k.isdigit(): x = x[int(k)] if int(k) < len(x) else None
+        elif isinstance(x, dict): x = x.get(k)
+        else: raise _malformed(path, ans, want)             # a step into a number, a string, a list by name
+        if x is None: break
+    if x is None and missing is not _RAISE: return missing
+    if not _is(x, want): raise _malformed(path, ans, want)
+    return float(x) if want is float else x
+
+# %% ../nbs/03e_served.ipynb #s026a
 def answer_text(ans:dict) -> str:
     "The generated text of a chat-completions answer, stripped."
-    try: msg = ans['choices'][0]['message']
-    except (KeyError, IndexError, TypeError): raise _malformed('choices[0].message', ans) from None
-    if not isinstance(msg, dict): raise _malformed('choices[0].message', ans)
-    return (msg.get('content') or '').strip()
+    dig(ans, 'choices.0.message')
+    return dig(ans, 'choices.0.message.content', str, missing='').strip()
 
 def first_token_logprobs(ans:dict) -> list:
     "(token, logprob) of the first generated token's alternatives; `ServiceError` when the server sent none."
-    try: choice = ans['choices'][0]
-    except (KeyError, IndexError, TypeError): raise _malformed('choices[0]', ans) from None
-    content = (choice.get('logprobs') or {}).get('content') if isinstance(choice, dict) else None
-    if not content or not content[0].get('top_logprobs'): raise ServiceError(NO_LOGPROBS)
-    try: return [(t['token'], float(t['logprob'])) for t in content[0]['top_logprobs']]
-    except (KeyError, TypeError, ValueError):
-        raise _malformed('token and logprob in each top_logprobs entry', ans) from None
+    dig(ans, 'choices.0')
+    path = 'choices.0.logprobs.content.0.top_logprobs'
+    if not dig(ans, path, list, missing=[]): raise ServiceError(NO_LOGPROBS)
+    return [(dig(ans, f'{path}.{i}.token', str), dig(ans, f'{path}.{i}.logprob', float))
+            for i in range(len(dig(ans, path, list)))]
 
 # %% ../nbs/03e_served.ipynb #s028
 def yes_no_from_top(top:list) -> tuple:
@@ -178,21 +315,22 @@ def yes_no_from_top(top:list) -> tuple:
 # %% ../nbs/03e_served.ipynb #s032
 DEFAULT_URL = 'http://127.0.0.1:8080/v1'
 
-def _key(api_key_env:str|None) -> str|None: return os.environ.get(api_key_env) if api_key_env else None
+def _key(api_key_env:str|None) -> str|None: return (os.environ.get(api_key_env) or None) if api_key_env else None
 
-def served_weights(base_url:str, model:str|None=None, key:str|None=None, timeout:float=5.) -> Weights:
+def served_weights(base_url:str, model:str|None=None, key:str|None=None, timeout:float=5.,
+                   allow_insecure_key:bool=False) -> Weights:
     "The record of the model served at `base_url` (`model`, or the first listed): asked once, so no server fails fast."
-    try: ans = call(f'{base_url}/models', key=key, timeout=timeout)
+    try: ans = call(f'{base_url}/models', key=key, timeout=timeout, allow_insecure_key=allow_insecure_key)
+    except ConfigError: raise
     except R3Error as e:
         raise ServiceError(f'no model server answers at {base_url}: {e}; start one (`r3covr serve`) '
                            'or set vlm.base_url') from None
-    try: listed = {m['id']: m for m in ans['data']}
-    except (KeyError, TypeError): raise _malformed('data[].id (the served models)', ans) from None
+    listed = {dig(ans, f'data.{i}.id', str): m for i, m in enumerate(dig(ans, 'data', list))}
     if not listed: raise ServiceError(f'{base_url}/models lists no model')
     name = model or next(iter(listed))
     if name not in listed:
         raise ServiceError(f'{base_url} serves {", ".join(listed)}, not {name!r}: set vlm.model to what it serves')
-    about_it = {k: listed[name][k] for k in ('owned_by', 'root') if k in listed[name]}
+    about_it = {k: v for k in ('owned_by', 'root') if isinstance(v := listed[name].get(k), str)}
     return Weights(name, base_url, 'served', {'served_model': name, **about_it})
 
 # %% ../nbs/03e_served.ipynb #s033
@@ -202,16 +340,25 @@ def about(chat:Chat, words:int=8) -> str:
     text = ' '.join(' '.join(p for p in chat.parts if isinstance(p, str)).split()[:words])
     return (f'videos {", ".join(ids)}: ' if ids else '') + f'"{text} ..."'
 
+def key_for(base_url:str, api_key_env:str|None, allow_insecure_key:bool=False) -> str|None:
+    "The key in `$api_key_env` (none when unnamed or unset), refused where it would cross a network in clear text."
+    key = _key(api_key_env)
+    if key and not key_may_go(base_url, allow_insecure_key): raise insecure_key(base_url, api_key_env)
+    return key
+
 class OpenAIVLM(VLM):
     "A VLM behind an OpenAI-compatible server: chat completions for text, first-token log-probabilities for P(yes)."
     def __init__(self, model:str|None=None, # the model id the server reports (None: the first it lists)
                  base_url:str=DEFAULT_URL, # the server's API root
-                 api_key_env:str|None='OPENAI_API_KEY', # environment variable with the key (a Bearer token when set)
+                 api_key_env:str|None=None, # environment variable with the key, sent as a Bearer token (None: no key)
+                 allow_insecure_key:bool=False, # send the key over plain http to another machine too
                  concurrency:int=4, # requests in flight at once
-                 timeout:float=120., # seconds to wait for one answer
-                 retries:int=2, # further tries after a dropped connection, a timeout or a 5xx (0.5 s, 1 s, ... apart)
+                 timeout:float=120., # seconds one request may take in all (a server that drips is cut off)
+                 retries:int=2, # further tries after a dropped connection, a timeout, a 5xx or 429 (jittered backoff)
+                 max_answer_bytes:int=MAX_ANSWER_BYTES, # the largest answer read
                  view:str='caption', # what the pipeline shows it: 'caption' (videos as captions) or 'frames'
                  frames_as:str='images', # frames go as JPEG 'images' or as one 'video' part
+                 max_pixels:int|None=MAX_PIXELS, # each frame sent is scaled down to at most this many pixels
                  top_logprobs:int=20, # alternatives asked for the judge's first answer token
                  extra_body:dict|None=None, # more fields in every request: server options (llama.cpp's repeat_penalty)
                  batch_size:int|None=None): # accepted so presets stay uniform: each prompt is its own request
@@ -219,17 +366,21 @@ class OpenAIVLM(VLM):
             raise ConfigError(f"setting vlm.view={view!r}: expected 'caption' or 'frames'")
         if frames_as not in ('images', 'video'):
             raise ConfigError(f"setting vlm.frames_as={frames_as!r}: expected 'images' or 'video'")
-        self.base_url, self.key, self.view, self.frames_as = base_url.rstrip('/'), _key(api_key_env), view, frames_as
+        self.base_url, self.view, self.frames_as, self.max_pixels = base_url.rstrip('/'), view, frames_as, max_pixels
+        self.key, self.allow_insecure_key = key_for(self.base_url, api_key_env, allow_insecure_key), allow_insecure_key
         self.concurrency, self.timeout, self.retries = max(1, concurrency), timeout, retries
         self.top_logprobs, self.extra_body = top_logprobs, dict(extra_body or {})
-        self.weights = served_weights(self.base_url, model, self.key, min(timeout, 5.))
+        self.max_answer_bytes = max_answer_bytes
+        self.weights = served_weights(self.base_url, model, self.key, min(timeout, 5.), allow_insecure_key)
         self.name = self.weights.name
 
     @classmethod
-    def weights_of(cls, model:str|None=None, base_url:str=DEFAULT_URL, api_key_env:str|None='OPENAI_API_KEY',
-                   **kw) -> Weights:
+    def weights_of(cls, model:str|None=None, base_url:str=DEFAULT_URL, api_key_env:str|None=None,
+                   allow_insecure_key:bool=False, **kw) -> Weights:
         "The served model's record without building the backend (what a run's keys carry)."
-        return served_weights(base_url.rstrip('/'), model, _key(api_key_env))
+        base_url = base_url.rstrip('/')
+        key = key_for(base_url, api_key_env, allow_insecure_key)
+        return served_weights(base_url, model, key, allow_insecure_key=allow_insecure_key)
 
     def __repr__(self): return f'OpenAIVLM({self.name!r} at {self.base_url}, concurrency {self.concurrency})'
 
@@ -238,10 +389,11 @@ class OpenAIVLM(VLM):
 def _ask(self:OpenAIVLM, chat:Chat, max_tokens:int, read, top_logprobs:int|None=None):
     "One request for `chat`, retried on faults that may pass, its answer read by `read`; errors name the prompt."
     url = f'{self.base_url}/chat/completions'
-    body = {**chat_body(chat, self.name, max_tokens, top_logprobs, self.frames_as), **self.extra_body}
-    try: return read(with_retries(lambda: call(url, body, self.key, self.timeout), self.retries))
+    body = {**chat_body(chat, self.name, max_tokens, top_logprobs, self.frames_as, self.max_pixels), **self.extra_body}
+    ask = lambda: call(url, body, self.key, self.timeout, self.max_answer_bytes, self.allow_insecure_key)
+    try: return read(with_retries(ask, self.retries))
     except R3Error as e:   # a ServiceError stays one (the run stops), a refused prompt stays the query's failure
-        raise type(e)(f'{"" if url in str(e) else url + ": "}{e}; prompt {about(chat)}') from None
+        raise type(e)(redact(f'{"" if url in str(e) else url + ": "}{e}; prompt {about(chat)}', self.key)) from None
 
 @patch
 def _map(self:OpenAIVLM, fn, prompts:list) -> list:
@@ -270,6 +422,21 @@ def yes_no_logprobs(self:OpenAIVLM, prompts:list) -> np.ndarray:
 NOT_INSTALLED = ("llama-cpp-python is not installed: `pip install -e \".[serve]\"` (it compiles llama.cpp, "
                  "~6-8 minutes on 2 cores, once) -- or run any OpenAI-compatible server (vLLM, SGLang) and point "
                  "vlm.base_url at it")
+PR_SET_PDEATHSIG = 1   # <linux/prctl.h>
+
+def _prctl():
+    try: return ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith('linux') else None
+    except (OSError, AttributeError): return None
+PRCTL = _prctl()   # resolved here: the child, between fork and exec, only calls it
+
+def dies_with_parent():
+    "A `preexec_fn`: the child is killed (SIGKILL) when the thread that started it dies; exits if that is gone already."
+    parent = os.getpid()
+    def arm():
+        if PRCTL is None: return
+        PRCTL(PR_SET_PDEATHSIG, int(signal.SIGKILL))
+        if os.getppid() != parent: os._exit(1)              # the parent died before the guard was armed
+    return arm
 
 def free_port(host:str='127.0.0.1') -> int:
     "A TCP port on `host` that no one listens on now."
@@ -320,7 +487,7 @@ def start(self:LocalServer) -> LocalServer:
     env = {k: v for k, v in os.environ.items() if k not in ('HOST', 'PORT')}   # they would override --host and --port
     with open(self.log, 'ab') as log:
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=dies_with_parent())
     deadline = time.time() + self.ready_timeout
     while time.time() < deadline:
         if self.proc.poll() is not None:

@@ -6,25 +6,32 @@
 from __future__ import annotations
 import inspect
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from .core import ConfigError
 from .models import VLM, backend_class, load_preset, merge
 from .prompts import PROMPTS, JUDGE_VERSION, PAIR_VERSION, LIKELIHOOD_VERSION
-from .reason import STRATEGIES
+from .reason import STRATEGIES, description_source, source_identity
 from .retrieve import INDEXES, INDEX_VERSION
 from .routes import ROUTES, FUSIONS
 from .rerank import RERANK_MODES, JUDGE_SCORES
 
 # %% auto #0
 __all__ = ['STAGE_KEYS', 'RERANK_VERSIONS', 'SETTINGS', 'SECTIONS', 'OPERATIONAL', 'DEFAULTS', 'FRAMES', 'RECORDED', 'integer',
-           'number', 'choice', 'flag', 'names', 'weights_of', 'text', 'Setting', 'check_section', 'run_config',
-           'result_fields', 'key_inputs', 'parse_sets']
+           'number', 'choice', 'flag', 'names', 'weights_of', 'text', 'file', 'provided', 'Setting', 'check_section',
+           'run_config', 'result_fields', 'key_inputs', 'parse_sets']
 
 # %% ../nbs/07b_settings.ipynb #s006
 def _bad(accepts:str):
     def fail(name, v): raise ConfigError(f'setting {name}={v!r}: expected {accepts}')
     return fail
+
+def _finite(v) -> bool:
+    "Whether `v` is a number (not a bool) and finite: not NaN, not infinite, not an int too large for a float."
+    if isinstance(v, bool) or not isinstance(v, (int, float)): return False
+    try: return math.isfinite(v)
+    except OverflowError: return False
 
 def integer(lo:int|None=None, none:bool=False):
     "Check: an int >= `lo` (or None when `none`)."
@@ -38,9 +45,9 @@ def integer(lo:int|None=None, none:bool=False):
 def number(lo:float|None=None, hi:float|None=None, above:bool=False):
     "Check: a number in [`lo`, `hi`] (`above`: strictly greater than `lo`)."
     low = f' > {lo}' if above else f' >= {lo}' if lo is not None else ''
-    accepts = f'a number{low}{f" and <= {hi}" if hi is not None else ""}'
+    accepts = f'a finite number{low}{f" and <= {hi}" if hi is not None else ""}'
     def check(name, v):
-        if isinstance(v, bool) or not isinstance(v, (int, float)): _bad(accepts)(name, v)
+        if not _finite(v): _bad(accepts)(name, v)
         if (lo is not None and (v <= lo if above else v < lo)) or (hi is not None and v > hi): _bad(accepts)(name, v)
         return float(v)
     return check
@@ -67,11 +74,10 @@ def names(*options):
     return check
 
 def weights_of(*options):
-    "Check: a mapping from names in `options` to numbers >= 0."
+    "Check: a mapping from names in `options` to finite numbers >= 0."
     def check(name, v):
-        num = lambda x: not isinstance(x, bool) and isinstance(x, (int, float))
-        if not isinstance(v, dict) or any(k not in options or not num(x) or x < 0 for k, x in v.items()):
-            _bad(f'a mapping of {", ".join(options)} to numbers >= 0')(name, v)
+        if not isinstance(v, dict) or any(k not in options or not _finite(x) or x < 0 for k, x in v.items()):
+            _bad(f'a mapping of {", ".join(options)} to finite numbers >= 0')(name, v)
         return {k: float(x) for k, x in v.items()}
     return check
 
@@ -81,6 +87,22 @@ def text(none:bool=False):
         if (v is None and none) or (isinstance(v, str) and v.strip()): return v
         _bad('a non-empty string' + (' or null' if none else ''))(name, v)
     return check
+
+def file(none:bool=False):
+    "Check: the path of an existing file (or None when `none`)."
+    def check(name, v):
+        if (v is None and none) or (isinstance(v, str) and v.strip() and Path(v).is_file()): return v
+        _bad('the path of an existing file' + (' or null' if none else ''))(name, v)
+    return check
+
+def provided(name, v):
+    "Check: None, `column:NAME`, or an existing JSONL file: where provided descriptions come from."
+    if v is None: return v
+    try: kind, where = description_source(v)
+    except ConfigError: kind = where = None
+    if kind is None or (kind == 'file' and not Path(where).is_file()):
+        _bad('column:NAME or the path of an existing JSONL file of {"id", "description"} lines, or null')(name, v)
+    return v
 
 # %% ../nbs/07b_settings.ipynb #s009
 STAGE_KEYS = ('generate', 'reason', 'retrieve', 'judge')     # stages cached under a key, each key chained to the last
@@ -113,6 +135,8 @@ SETTINGS = {s: Setting(*v) for s, v in dict(
              'challenge files: folder of candidate videos to rank (default: the referenced videos)'),
     n=(None, integer(1, none=True), 'data', 'only the first n queries'),
     seed=(0, integer(0), 'generate', 'seed of the synthetic dataset (by value: its videos are not in the content)'),
+    clips=(None, file(none=True), 'data',
+           "EgoCVR: the clip table (default: egocvr_data.csv beside the annotations file)"),
     rows=('all', choice('all', 'even', 'odd'), 'data', 'the queries to run: all, or every other row from the first '
           '(even) or the second (odd); tune on one, report on the other'),
     max_text_tokens=(512, integer(16), 'data',
@@ -125,6 +149,10 @@ SETTINGS = {s: Setting(*v) for s, v in dict(
               lambda c: PROMPTS[c['template']]),
     budget=(None, integer(4, none=True), 'generate',
             "description length in encoder tokens (default: the encoder's window)"),
+    descriptions=(None, provided, 'reason',
+                  'descriptions written elsewhere, read instead of generated: column:NAME (a dataset column) or a '
+                  'JSONL file of {"id", "description"} lines (default: the Reason stage writes them)',
+                  lambda c: c['descriptions'] and source_identity(c['descriptions'], c['dataset'])),
     routes=(['description'], names(*ROUTES), 'retrieve',
             'query routes to the gallery, fused when more than one (the first: the base)'),
     route_weights=({}, weights_of(*ROUTES), 'retrieve', 'weight of each fused route (default 1 each)',
@@ -136,6 +164,9 @@ SETTINGS = {s: Setting(*v) for s, v in dict(
           'gated fusion: the second route is blended in only when its cosine with the first is at least this',
           lambda c: c['gate'] if _fused(c) and c['fusion'] == 'gated' else None),
     k=(50, integer(1), 'retrieve', 'shortlist length'),
+    scope=('global', choice('global', 'local'), 'retrieve',
+           "EgoCVR: the gallery is every clip (global) or only the clips of the query's own video (local)",
+           lambda c: None if c['scope'] == 'global' else c['scope']),
     merged=(True, flag, 'retrieve', 'one gallery for every source (false: each query ranks its own source only)'),
     index=('flat', choice(*INDEXES), 'retrieve',
            'top-K index: exact flat, or approximate ivfpq / ivf / hnsw for huge galleries',
@@ -160,7 +191,8 @@ SETTINGS = {s: Setting(*v) for s, v in dict(
     strict=(False, flag, None, 'stop with an error when any row of the dataset is skipped at load'),
 ).items()}
 SECTIONS = ('view', 'frames', 'encoder', 'vlm')    # from the preset, merged field by field; they enter `generate`
-OPERATIONAL = ('batch_size', 'base_url', 'concurrency', 'timeout', 'retries', 'api_key_env')   # how, not what
+OPERATIONAL = ('batch_size', 'base_url', 'concurrency', 'timeout', 'retries', 'api_key_env',   # how, not what
+               'allow_insecure_key', 'max_answer_bytes')
 DEFAULTS = {k: s.default for k, s in SETTINGS.items()}
 
 # %% ../nbs/07b_settings.ipynb #s012
@@ -174,6 +206,9 @@ def check_section(role:str, section) -> dict:
         bad = set(section) - set(FRAMES)
         if bad: raise ConfigError(f'setting frames.{sorted(bad)[0]}: not a frames field (known: {", ".join(FRAMES)})')
         return {k: FRAMES[k](f'frames.{k}', v) for k, v in section.items()}
+    for k, v in section.items():
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f'setting {role}.{k}={v!r}: expected a finite number')
     params = inspect.signature(backend_class(role, section).__init__).parameters
     if any(p.kind == p.VAR_KEYWORD for p in params.values()): return section
     bad = sorted(set(section) - {'backend'} - set(params))

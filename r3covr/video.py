@@ -15,7 +15,8 @@ import numpy as np
 from .core import R3Error, VideoError
 
 # %% auto #0
-__all__ = ['SMALL_VIDEO', 'Frames', 'write_video', 'read_frames', 'sample_videos']
+__all__ = ['SMALL_VIDEO', 'DECODE_PIXELS', 'MAX_FRAME_PIXELS', 'MAX_SIDE', 'Frames', 'write_video', 'frame_size', 'decode_size',
+           'read_frames', 'sample_videos']
 
 # %% ../nbs/01_video.ipynb #c006
 @dataclass(frozen=True)
@@ -34,9 +35,9 @@ class Frames:
 
     def metadata(self) -> dict:
         "The fields of transformers' `VideoMetadata` for these frames (Qwen3-VL's `video_metadata`)."
-        return dict(total_num_frames=self.total_frames, fps=self.source_fps, width=int(self.array.shape[2]),
-                    height=int(self.array.shape[1]), duration=self.duration, video_backend='decord',
-                    frames_indices=list(self.indices))
+        return dict(total_num_frames=int(self.total_frames), fps=float(self.source_fps) or None,   # None: unknown
+                    width=int(self.array.shape[2]), height=int(self.array.shape[1]), duration=self.duration or None,
+                    video_backend='decord', frames_indices=list(self.indices))
 
 # %% ../nbs/01_video.ipynb #c008
 def _check_frames(path, frames) -> np.ndarray:
@@ -86,13 +87,16 @@ def _by_rate(total:int, src_fps:float, fps:float, max_frames:int|None=None) -> n
 
 # %% ../nbs/01_video.ipynb #c016
 def _resize(arr:np.ndarray, hw:tuple) -> np.ndarray:
-    "Resize uint8 frames (T, H, W, 3) to `hw` (bilinear with antialiasing, via torch)."
+    "Resize uint8 frames (T, H, W, 3) to `hw` (bilinear with antialiasing, via torch), one frame at a time."
     import torch
     import torch.nn.functional as F
     if tuple(arr.shape[1:3]) == tuple(hw): return arr
-    t = torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).float()
-    t = F.interpolate(t, size=tuple(hw), mode='bilinear', antialias=True, align_corners=False)
-    return t.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+    out = np.empty((len(arr), *hw, 3), np.uint8)
+    for i, f in enumerate(arr):                      # float32 of one frame at a time, never of the whole clip
+        t = torch.from_numpy(np.ascontiguousarray(f)).permute(2, 0, 1)[None].float()
+        t = F.interpolate(t, size=tuple(hw), mode='bilinear', antialias=True, align_corners=False)
+        out[i] = t[0].round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
+    return out
 
 def _resize_short(arr:np.ndarray, short:int) -> np.ndarray:
     "Resize frames so their short side is `short`, keeping the aspect ratio."
@@ -108,39 +112,66 @@ def _why(e:Exception) -> str:
 
 SMALL_VIDEO = 1 << 18   # bytes: below this, one decoding thread (starting FFmpeg's threads costs more than they save)
 
-def _threads(path:Path) -> int:
-    "Decoding threads for `path`: 1 for a file under `SMALL_VIDEO`, else 0 (FFmpeg's own choice)."
-    return 1 if path.stat().st_size < SMALL_VIDEO else 0
+def _threads(path:Path, scaled:bool=False) -> int:
+    "Decoding threads: 1 for a file under `SMALL_VIDEO` or frames `scaled` to the budget, else 0 (FFmpeg's choice)."
+    return 1 if scaled or path.stat().st_size < SMALL_VIDEO else 0
 
-def _open(path:Path):
-    "A decord `VideoReader` on `path`, at native size, on `_threads(path)` decoding threads."
+def _open(path:Path, wh:tuple|None=None):
+    "A decord `VideoReader` on `path`, at native size or scaled to `wh` = (width, height), on `_threads` threads."
     import decord
-    return decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=_threads(path))
+    (w, h), threads = wh or (-1, -1), _threads(path, wh is not None)
+    return decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=threads, width=w, height=h)
 
 # %% ../nbs/01_video.ipynb #c023
-def _decode_av(path:Path, idx) -> np.ndarray:
-    "Frames `idx` of `path`, decoded in order with PyAV."
+def _decode_av(path:Path, idx, wh:tuple|None=None) -> np.ndarray:
+    "Frames `idx` of `path`, decoded in order with PyAV, scaled to `wh` = (width, height) when given."
     import av
     want, got = {int(i) for i in idx}, {}
     with av.open(str(path)) as c:
         for i, f in enumerate(c.decode(video=0)):
-            if i in want: got[i] = f.to_ndarray(format='rgb24')
+            if i in want: got[i] = (f.reformat(*wh) if wh else f).to_ndarray(format='rgb24')   # scale in YUV: exact
             if i >= max(want): break
     if want - got.keys(): raise VideoError(f'{path}: frames {sorted(want - got.keys())[:5]} could not be decoded')
     return np.stack([got[int(i)] for i in idx])
 
-def _decode(path:Path, vr, idx) -> np.ndarray:
+def _decode(path:Path, vr, idx, wh:tuple|None=None) -> np.ndarray:
     "Frames `idx` from decord reader `vr`, via PyAV when decord hits its narrow-frame bug."
     try: return vr.get_batch(list(idx)).asnumpy()
     except Exception as e:
         if 'from_size == to_size' not in str(e): raise
-    return _decode_av(path, idx)
+    return _decode_av(path, idx, wh)
+
+# %% ../nbs/01_video.ipynb #v101
+DECODE_PIXELS = 1920 * 1080       # frames with more pixels are scaled down to this many while they are decoded
+MAX_FRAME_PIXELS = 8192 * 4320    # frames with more pixels are refused (8K: the largest H.264/HEVC level)
+MAX_SIDE = 16384                  # a side longer than this (or 0) is refused: no real stream claims it
+
+def frame_size(path) -> tuple:
+    "(width, height) of the first video stream of `path`, from its headers, before any frame is read."
+    import av
+    with av.open(str(path)) as c:
+        if not c.streams.video: raise VideoError(f'{path}: no video stream')
+        cc = c.streams.video[0].codec_context
+        return int(cc.width), int(cc.height)
+
+def decode_size(path, w:int, h:int, # the stream's frame width and height
+                max_pixels:int=DECODE_PIXELS) -> tuple|None:
+    "(width, height) to decode `w` x `h` frames at: None (native) within `max_pixels`, else scaled to fit it."
+    if not (0 < w <= MAX_SIDE and 0 < h <= MAX_SIDE):
+        raise VideoError(f'{path}: the stream claims {w}x{h} frames; each side must lie in 1..{MAX_SIDE}')
+    if w * h > MAX_FRAME_PIXELS:
+        raise VideoError(f'{path}: {w}x{h} frames exceed the limit of {MAX_FRAME_PIXELS:,} pixels a frame (8K)')
+    if max_pixels < 1: raise ValueError(f'max_pixels must be >= 1, got {max_pixels}')
+    if w * h <= max_pixels: return None
+    s = (max_pixels / (w * h)) ** 0.5
+    return max(2, int(w * s) // 2 * 2), max(2, int(h * s) // 2 * 2)
 
 # %% ../nbs/01_video.ipynb #c027
 def read_frames(path, n:int=8, # frames to sample uniformly (ignored when `fps` is given)
                 fps:float|None=None, # sample one frame every 1/fps seconds instead
-                size:int|tuple|None=None, # short side, or (height, width); None keeps the native size
+                size:int|tuple|None=None, # short side, or (height, width); None keeps the decoded size
                 max_frames:int|None=None, # cap on frames when sampling by `fps`
+                max_pixels:int=DECODE_PIXELS, # frames larger than this are scaled down to it while decoding
                ) -> Frames:
     "Sample `n` frames uniformly (or at `fps`) from the video at `path`, optionally resized."
     path = Path(path)
@@ -150,11 +181,12 @@ def read_frames(path, n:int=8, # frames to sample uniformly (ignored when `fps` 
     if not path.is_file(): raise VideoError(f'{path}: video file not found')
     if path.stat().st_size == 0: raise VideoError(f'{path}: video file is empty')
     try:
-        vr = _open(path)
+        wh = decode_size(path, *frame_size(path), max_pixels)
+        vr = _open(path, wh)
         total, src_fps = len(vr), float(vr.get_avg_fps() or 0)
         if fps is not None and not src_fps: raise VideoError(f'{path}: no frame rate, cannot sample at {fps} fps')
         idx = _by_rate(total, src_fps, fps, max_frames) if fps is not None else _uniform(total, n)
-        arr = _decode(path, vr, idx)
+        arr = _decode(path, vr, idx, wh)
     except VideoError: raise
     except Exception as e:
         raise VideoError(f'{path}: cannot decode video (truncated, corrupt or not a video?): {_why(e)}') from None

@@ -9,10 +9,12 @@ import importlib
 import importlib.util
 import json
 import os
+import re
 import socket
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from .core import R3Error, cache_dir, stable_hash
+from .core import R3Error, atomic_write, cache_dir, stable_hash
 
 # %% auto #0
 __all__ = ['WHEELS', 'TWINS', 'wheel_file', 'import_object', 'file_sha256', 'fingerprint', 'Weights', 'is_local', 'hub_available',
@@ -38,15 +40,24 @@ def import_object(spec):
     return getattr(importlib.import_module(mod), name)
 
 # %% ../nbs/02b_weights.ipynb #7a3e1c01
+_SHA256 = re.compile(r'[0-9a-f]{64}')
+
+def _digest_memo(p:Path) -> Path:
+    "Where the digest of file `p` is remembered: named by its path, size, modification and change times, inode."
+    st = p.stat(); key = [str(p), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+    return cache_dir('digests')/f'{stable_hash(key, 16)}.txt'
+
 def file_sha256(path) -> str:
-    "sha256 of a file, computed once and then remembered by its path, size and modification time."
-    p = Path(path).resolve(); st = p.stat()
-    memo = cache_dir('digests')/f'{stable_hash([str(p), st.st_size, st.st_mtime_ns], 16)}.txt'
-    if memo.exists(): return memo.read_text().strip()
+    "sha256 of a file, computed once and then remembered (see `_digest_memo`); a damaged memo is recomputed."
+    p = Path(path).resolve(); memo = _digest_memo(p)
+    try: known = memo.read_text().strip()
+    except (OSError, UnicodeDecodeError): known = None
+    if known is not None and _SHA256.fullmatch(known): return known
+    if known is not None: warnings.warn(f'{memo.name}: damaged digest memo of {p.name} ({known[:20]!r}); hashed again')
     h = hashlib.sha256()
     with open(p, 'rb') as f:
         for block in iter(lambda: f.read(1 << 22), b''): h.update(block)
-    memo.write_text(h.hexdigest()); return h.hexdigest()
+    atomic_write(memo, h.hexdigest()); return h.hexdigest()
 
 def fingerprint(path) -> dict:
     "Name, size and sha256 of a weights file, or of every file in a weights folder (hidden files aside)."

@@ -138,24 +138,45 @@ def test_huge_edit_is_cut_and_recorded(cache, tmp_path):
 
 # ---------------------------------------------------------------- the run folder
 
-def test_second_run_on_a_folder_is_refused(cache, tmp_path):
-    out = tmp_path/'run'
-    first = r3covr('run', '--preset', 'tiny', '--n', '6', '--out', str(out), '--set', 'batch_size=1', cache=cache,
-                   wait=False)
-
-    deadline = time.time() + 300
-    while not (out/'run.lock').exists() and first.poll() is None and time.time() < deadline: time.sleep(0.05)
-    second = r3covr('run', '--preset', 'tiny', '--n', '6', '--out', str(out), '--set', 'batch_size=1', cache=cache)
-    first.communicate(timeout=900)
-    assert first.returncode == 0
-    one_line_error(second, 'is in use by process', str(out))
-    n = [len(read_jsonl(f)) for f in out.glob('generations-*.jsonl')]
-    assert n == [6]                                        # nothing done twice
-
-
 def test_files_follow_the_umask(cache, tmp_path):
     umask = os.umask(0o022); os.umask(umask)
     ok(toy(tmp_path, 'synthetic', '--n', '3', cache=cache))
     files = [tmp_path/'run'/n for n in ('config.json', 'metrics.json', 'table.md', 'ranks.json', 'rankings.jsonl')]
     for f in files + list((tmp_path/'run'/'figures').iterdir()):
         assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~umask, (f.name, oct(f.stat().st_mode))   # not mkstemp's 0600
+
+
+@pytest.mark.parametrize('where', ['project', 'file', 'unwritable'])
+def test_out_that_is_not_a_run_folder_is_one_line(where, cache, tmp_path):
+    """`--out .` in a project folder would overwrite its config.json, metrics.json, table.md and errors.jsonl; a file
+    or a folder that cannot be written was a traceback. Each is one line, exit 2, and nothing is written."""
+    project = tmp_path/'project'; project.mkdir()
+    mine = {n: f'my {n}' for n in ('config.json', 'metrics.json', 'table.md', 'errors.jsonl')}
+    for n, text in mine.items(): (project/n).write_text(text)
+    out = {'project': '.', 'file': 'table.md', 'unwritable': '/proc/self/run'}[where]
+    p = r3covr('run', '--preset', 'toy', '--n', '2', '--out', out, cache=cache, cwd=project)
+    one_line_error(p, out)
+    assert {n: (project/n).read_text() for n in mine} == mine and sorted(os.listdir(project)) == sorted(mine)
+
+
+def test_out_of_a_finished_or_killed_run_is_accepted(cache, tmp_path):
+    "A folder a run wrote (even one killed before its config.json) is a run folder: the next run resumes there."
+    out = tmp_path/'run'
+    ok(r3covr('run', '--preset', 'toy', '--n', '2', '--out', str(out), cache=cache))
+    (out/'config.json').unlink()
+    ok(r3covr('run', '--preset', 'toy', '--n', '2', '--out', str(out), cache=cache))
+
+
+def test_error_records_are_linear_in_the_failures(tmp_path):
+    """A stage where every item fails records each one as it fails: the folder must not read errors.jsonl back once
+    per failure (quadratic). Bytes read by this process: each append's own check for a torn tail (at most 64 KiB,
+    `append_jsonl`) plus a few times the file's size -- not the file once per failure."""
+    from r3covr.runfolder import RunFolder
+    def rchar(): return int(dict(line.split(': ') for line in Path('/proc/self/io').read_text().splitlines())['rchar'])
+    rf, n, why = RunFolder(tmp_path/'run'), 600, 'the model answered nothing useful: ' + 'x' * 1000
+    rf.record_errors('reason', [('warm-up', 'x')])
+    before = rchar()
+    for i in range(n): rf.record_errors('reason', [(f'q{i:05d}', why)])
+    read, size = rchar() - before, rf.path('errors').stat().st_size
+    assert len(rf.errors('reason')) == n + 1 and size > 600_000
+    assert read < n * 65536 + 5 * size, (read, size)      # quadratic: n / 2 = 300 times the size on top

@@ -111,12 +111,12 @@ def test_csv_caption_conflict_keeps_first(tmp_path):
 
 # ---------------------------------------------------------------- CoVR-R annotation JSON
 
-def test_covr_r_sources_paths_meta(tmp_path):
+def test_covr_r_sources_paths_extra(tmp_path):
     p = jwrite(tmp_path/'r.json', [rec(description_source='a', description_target='b', reasoning={'camera': 'static'}),
                                    rec(74225, 95120, 'swap it')])
     ds = load_covr_r(p, root={'webvid': tmp_path/'wv', 'ss2': tmp_path/'ss'})
     assert [(q.reference, q.target, q.source) for q in ds] == [('1/10', '1/11', 'webvid'), ('74225', '95120', 'ss2')]
-    assert ds[0].meta == {'description_source': 'a', 'description_target': 'b', 'reasoning': {'camera': 'static'}}
+    assert ds[0].extra == {'description_source': 'a', 'description_target': 'b', 'reasoning': {'camera': 'static'}}
     assert ds.videos['1/11'].caption == 'b' and ds.videos['74225'].path == tmp_path/'ss'/'74225.webm'
     assert set(ds.gallery) == {'1/10', '1/11', '74225', '95120'}
     assert load_covr_r(p, gallery='targets').gallery == ('1/11', '95120')

@@ -184,3 +184,47 @@ def test_threads_follow_file_size_and_frames_match_raw_decord(samples, tmp_path)
     for p in (samples['bigbuckbunny'], samples['carphone_pristine'], small):
         vr = decord.VideoReader(str(p))
         np.testing.assert_array_equal(read_frames(p, n=8).array, vr.get_batch(list(_uniform(len(vr), 8))).asnumpy())
+
+# --- the memory bound: sizes checked before decoding, large frames scaled while decoding ---
+
+def test_frames_over_the_hard_limit_are_refused_before_decoding(tmp_path):
+    "An 8192x4352 frame (just over 8K's 35.4 Mpixels) is a VideoError naming the file, with no frame decoded."
+    p = write_video(tmp_path/'over8k.mp4', np.full((1, 4352, 8192, 3), 128, np.uint8))
+    with pytest.raises(VideoError, match='over8k.mp4: 8192x4352 frames exceed the limit') as e: read_frames(p, n=8)
+    assert len(str(e.value).splitlines()) == 1
+
+@pytest.mark.parametrize('w,h', [(100_000, 2), (20_000, 20_000), (0, 480)])
+def test_absurd_claimed_sizes_are_video_errors(tmp_path, w, h):
+    "A stream whose header claims absurd dimensions is a one-line VideoError naming the file, never an allocation."
+    p = tmp_path/'claims.y4m'
+    p.write_bytes(f'YUV4MPEG2 W{w} H{h} F25:1 Ip A1:1 C420jpeg\nFRAME\n'.encode() + bytes(3000))
+    with pytest.raises(VideoError, match='claims.y4m') as e: read_frames(p, n=1)
+    assert len(str(e.value).splitlines()) == 1
+
+def test_absurd_side_names_the_limit(tmp_path):
+    p = tmp_path/'wide.y4m'
+    p.write_bytes(b'YUV4MPEG2 W100000 H2 F25:1 Ip A1:1 C420jpeg\nFRAME\n' + bytes(3000))
+    with pytest.raises(VideoError, match='wide.y4m: the stream claims 100000x2 frames; each side must lie in 1..16384'):
+        read_frames(p, n=1)
+
+def test_frames_over_the_budget_are_scaled_while_decoding(tmp_path):
+    "1440p frames come out at the 1080p budget (aspect kept), grey levels within decord's scaling shift."
+    a = np.full((2, 1440, 2560, 3), 100, np.uint8); a[:, :, :1280] = 200
+    p = write_video(tmp_path/'qhd.mp4', a)
+    fr = read_frames(p, n=2)
+    assert fr.array.shape == (2, 1080, 1920, 3)                     # 1920*1080 = DECODE_PIXELS
+    assert fr.metadata()['width'] == 1920
+    assert np.abs(fr.array[:, 540, [100, 1800]].astype(int) - [[200]*3, [100]*3]).max() <= 3
+    assert read_frames(p, n=2, max_pixels=2560 * 1440).array.shape == (2, 1440, 2560, 3)   # budget moved: native
+    assert read_frames(p, n=2, size=64).array.shape == (2, 64, 114, 3)
+
+@needs_samples
+def test_resize_keeps_the_bytes_of_the_whole_clip_float_resize(samples):
+    "Resizing one frame at a time gives exactly the bytes of the former whole-clip float32 resize."
+    import torch
+    import torch.nn.functional as F
+    native = read_frames(samples['bigbuckbunny'], n=4).array
+    t = torch.from_numpy(native).permute(0, 3, 1, 2).float()
+    old = F.interpolate(t, size=(64, 114), mode='bilinear', antialias=True, align_corners=False)
+    old = old.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+    np.testing.assert_array_equal(read_frames(samples['bigbuckbunny'], n=4, size=64).array, old)
