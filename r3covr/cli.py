@@ -52,7 +52,13 @@ def cmd_demo(args):
 # %% ../nbs/10_cli.ipynb #c010
 def _lists(path:Path) -> dict:
     "Ranked lists by query id from a run's rankings.jsonl (ids, scores, judged depth) or a submission JSON (ids)."
-    if path.suffix == '.jsonl': return {r['id']: r for r in read_jsonl(path)}
+    if not path.is_file(): raise R3Error(f'{path}: no such file (a run\'s rankings.jsonl or a submission .json)')
+    if path.suffix == '.jsonl':
+        recs = read_jsonl(path)
+        bad = next((k for k, r in enumerate(recs) if not (isinstance(r, dict) and isinstance(r.get('id'), str)
+                                                             and isinstance(r.get('ids'), list))), None)
+        if bad is not None: raise DataError(f'{path}: record {bad + 1} is not a ranking (an object with id and ids)')
+        return {r['id']: r for r in recs}
     from r3covr.data import load_submission
     return {i: dict(ids=ids) for i, ids in load_submission(path).rankings.items()}
 
@@ -86,7 +92,9 @@ def cmd_submit(args):
     print(f'wrote {args.out}: {len(ds) - len(missing)} of {len(ds)} queries ranked')
 
 def _numbers(kind):
-    def parse(s): return [kind(x) for x in s.split(',')] if s else None
+    def parse(s):
+        try: return [kind(x) for x in s.split(',')] if s else None
+        except ValueError: raise R3Error(f'{s!r}: expected comma-separated {kind.__name__} values') from None
     return parse
 
 def cmd_ablate(args):

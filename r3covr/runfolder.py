@@ -220,7 +220,8 @@ def _holder(fd:int) -> str:
         if isinstance(info, dict):
             host = re.sub(r'[^\w.-]', '?', str(info.get('host')))[:64]
             since = re.sub(r'[^\w :-]', '?', str(info.get('since')))[:32]
-            return f"process {int(info.get('pid') or 0)} on {host} (since {since})"
+            pid = info.get('pid') if isinstance(info.get('pid'), int) else '?'
+            return f"process {pid} on {host} (since {since})"
         time.sleep(0.01)
     return 'another process'
 

@@ -106,7 +106,7 @@ def _first_line(raw:bytes, n:int=200) -> str:
 def is_loopback(host:str|None) -> bool:
     "Whether `host` is this machine (`localhost`, 127.0.0.0/8, ::1): what is sent there crosses no network."
     host = (host or '').lower().rstrip('.')
-    if host == 'localhost' or host.endswith('.localhost'): return True
+    if host == 'localhost': return True            # not `*.localhost`: a resolver may send those elsewhere
     try: return ipaddress.ip_address(host).is_loopback
     except ValueError: return False
 
@@ -188,6 +188,7 @@ def _call(url, body, key, timeout, max_bytes) -> dict:
         auth = {'Authorization': f'Bearer {key}'} if key and origin(url) == home else {}   # the key: its origin only
         status, headers, raw = _fetch(url, method, data, {'Content-Type': 'application/json', **auth}, deadline,
                                       max_bytes, timeout)
+        if key: raw = raw.replace(key.encode(), b'<key>')     # before any message quotes (and cuts) the answer
         if status not in (301, 302, 303, 307, 308) or not headers.get('Location'): break
         url = urllib.parse.urljoin(url, headers['Location'])
         if status in (301, 302, 303): method, data = 'GET', None                   # 307 and 308 keep the POST
@@ -274,7 +275,8 @@ def _malformed(path:str, ans, want:type|None=None) -> ServiceError:
     return ServiceError(f'malformed answer: no {where} in {json.dumps(ans)[:120]}')
 
 def _is(x, want:type) -> bool:
-    if want is float: return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    if want is float:        # a 400-digit integer is not a float: math.isfinite would overflow on it
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and abs(x) < 1e308 and math.isfinite(x)
     return isinstance(x, want)
 
 def dig(ans, path:str, want:type=dict, missing=_RAISE):

@@ -180,3 +180,13 @@ def test_error_records_are_linear_in_the_failures(tmp_path):
     read, size = rchar() - before, rf.path('errors').stat().st_size
     assert len(rf.errors('reason')) == n + 1 and size > 600_000
     assert read < n * 65536 + 5 * size, (read, size)      # quadratic: n / 2 = 300 times the size on top
+
+
+@pytest.mark.parametrize('argv,names', [
+    (['eval', 'typo.jsonl', '--dataset', 'synthetic'], ['typo.jsonl', 'no such file']),
+    (['eval', 'noids.jsonl', '--dataset', 'synthetic'], ['noids.jsonl', 'record 1']),
+    (['ablate', '--preset', 'toy', '--budgets', '16,abc'], ['16,abc'])])
+def test_cli_argument_errors_are_one_line(argv, names, cache, tmp_path):
+    (tmp_path/'noids.jsonl').write_text('{"id": "q0"}\n')
+    one_line_error(r3covr(*argv, cache=cache, cwd=tmp_path), *names)
+    assert not (tmp_path/'runs').exists()                  # refused before any run folder was made

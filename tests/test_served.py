@@ -378,6 +378,7 @@ BAD_SHAPES = {   # a judge's answer of the wrong shape -> what the one-line erro
     'logprob: true': (chat_completion('Yes', [('Yes', True), ('No', -1.)]), 'logprob (a finite number)'),
     'top_logprobs: "Yes"': ({'choices': [{'logprobs': {'content': [{'top_logprobs': 'Yes'}]}}]}, '(a list)'),
     'token: 1': (chat_completion('Yes', [(1, -1.), ('No', -1.)]), 'token (a string)'),
+    'logprob: 400 digits': (chat_completion('Yes', [('Yes', 10**400), ('No', -1.)]), 'logprob (a finite number)'),
 }
 
 
@@ -534,3 +535,22 @@ def test_served_frames_are_resized_to_the_pixel_budget():
         create_vlm('r3covr-served', base_url=stub.url, max_pixels=None, frames_as='images').generate([chat])
         native = stub_frames(stub)
     assert resized == [(597, 336)] * 2 and native == [(1920, 1080)] * 2, (resized, native)
+
+
+def test_a_key_echoed_past_the_cut_of_an_error_message_is_redacted(monkeypatch):
+    "A server that echoes the key where the error message is cut: no part of the key survives the cut."
+    key = 'sk-' + 'k' * 60
+    monkeypatch.setenv('R3COVR_TEST_KEY', key)
+    echo = lambda path, body: (400, {'error': {'message': 'x' * 170 + ' bad key ' + key}})
+    with StubServer(echo) as stub:
+        vlm = OpenAIVLM(base_url=stub.url, api_key_env='R3COVR_TEST_KEY')
+        with pytest.raises(R3Error) as e: vlm.generate([judge_chat()])
+    assert 'sk-k' not in str(e.value) and 'kkkk' not in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize('host,local', [('localhost', True), ('127.0.0.1', True), ('::1', True),
+                                        ('gpu.localhost', False), ('localhost.example.com', False)])
+def test_only_this_machine_counts_as_loopback(host, local):
+    "A name under .localhost may resolve anywhere: only localhost itself and loopback addresses are this machine."
+    from r3covr.served import is_loopback
+    assert is_loopback(host) == local
