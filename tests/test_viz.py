@@ -154,7 +154,7 @@ def test_webvid_text_without_video_files(tmp_path):
 def test_unlabelled_run_draws_what_it_can(tmp_path):
     "A test-set run (no targets): lengths and one strip, no rank figures, explorer pages without a target."
     ds = load_dataset('synthetic', n=10)
-    ds = replace(ds, queries=tuple(replace(q, target=None) for q in ds))
+    ds = replace(ds, queries=tuple(replace(q, targets=None) for q in ds))
     run(tmp_path/'unlabelled', ds=ds, preset='toy', n=10)
     with pytest.raises(DataError, match='the run used another dataset'): load_run(tmp_path/'unlabelled').ds
     r = load_run(tmp_path/'unlabelled', ds)                     # a dataset its settings cannot rebuild: hand it over
