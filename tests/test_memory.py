@@ -14,9 +14,12 @@ from r3covr.video import write_video
 SIDE, FRAMES, GOP = 4096, 300, 10
 PEAK_MB = 1536   # the reading process's peak RSS: measured 1.1-1.3 GB (torch alone: 0.5 GB); at 8cf10a9: 3.5 GB
 
-# Runs in a fresh process, so its peak RSS is this path's alone (not pytest's, nor another test's).
+# Runs in a fresh process, so its peak RSS is this path's alone (not pytest's, nor another test's). The peak is the
+# process's own memory map's high-water mark (VmHWM): `getrusage`'s ru_maxrss survives exec on Linux, so a worker
+# started from a big pytest process would report pytest's peak (2.7 GB seen in a full run) instead of its own.
 WORKER = '''
-import json, resource, sys
+import json, re, sys
+from pathlib import Path
 from r3covr.core import Video
 from r3covr.lm import video_part
 from r3covr.models import create_encoder, load_preset
@@ -25,7 +28,7 @@ part = video_part(Video('big', sys.argv[1]), tiny['view'], **tiny['frames'])
 vec = create_encoder('tiny').embed_videos([part])
 native = video_part(Video('big', sys.argv[1]), paper['view'], **paper['frames'])
 print(json.dumps(dict(tiny=part.frames.array.shape, vec=vec.shape, paper=native.frames.array.shape,
-                      peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)))
+                      peak_mb=int(re.search(r'VmHWM:\\s+(\\d+) kB', Path('/proc/self/status').read_text())[1]) / 1024)))
 '''
 
 def write_big(path, side:int=SIDE, frames:int=FRAMES, gop:int=GOP):
