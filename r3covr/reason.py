@@ -80,7 +80,7 @@ def collapse_repeats(text:str, max_unit:int=16) -> str:
 def clean_description(text:str, echo:tuple=((), ())) -> str:
     "A generated caption without preamble, echoed prompt (`echo`), caption labels, markdown, quotes, breaks or loops."
     t = strip_echo(_PREAMBLE.sub('', text.strip()), echo)
-    t = re.sub(r'[*_#`"“”]+|</?[a-z]*>?', ' ', t)        # markdown, quotes, <video> markers (also cut short: "<vid")
+    t = re.sub('[*_#`"\u201c\u201d]+|</?[a-z]*>?', ' ', t)   # markdown, quotes, <video> markers (also cut: "<vid")
     t = ' '.join(' '.join(l.split()).strip(' -') for l in t.splitlines() if l.strip())
     t = collapse_repeats(_CAPTION_LABEL.sub(' ', collapse_repeats(t)))
     t = re.sub(r'\s+([.,;:!?])', r'\1', t).strip(' ,;:-\'')
