@@ -212,12 +212,20 @@ def done(self:RunFolder) -> dict:
 _HELD = {}                       # (device, inode) of a lock file held here -> [descriptor, depth, thread]
 _GUARD = threading.Lock()
 
+def _gone(info:dict) -> bool:
+    "Whether `info` was left by a process of this host that is dead (a run killed with -9 leaves its record behind)."
+    if info.get('host') != socket.gethostname() or not isinstance(info.get('pid'), int): return False
+    try: os.kill(info['pid'], 0)
+    except ProcessLookupError: return True
+    except OSError: pass                       # alive, and not ours to signal
+    return False
+
 def _holder(fd:int) -> str:
     "Who holds the lock of `fd`, from what its holder wrote into the file (its pid, host and start time)."
-    for _ in range(25):                        # the holder writes it just after taking the lock
+    for _ in range(100):                       # the holder writes it just after taking the lock
         try: info = json.loads(os.pread(fd, 4096, 0) or b'null')
         except ValueError: info = None
-        if isinstance(info, dict):
+        if isinstance(info, dict) and not _gone(info):
             host = re.sub(r'[^\w.-]', '?', str(info.get('host')))[:64]
             since = re.sub(r'[^\w :-]', '?', str(info.get('since')))[:32]
             pid = info.get('pid') if isinstance(info.get('pid'), int) else '?'
