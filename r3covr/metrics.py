@@ -10,22 +10,32 @@ from fastcore.basics import patch
 from .core import DataError, Markdown, markdown_table
 
 # %% auto #0
-__all__ = ['TIE_TOL', 'TIES', 'beats', 'target_ranks', 'ranks_by_id', 'list_rank', 'ranks_from_lists', 'recall_at_k', 'r_mean',
-           'median_rank', 'mean_rank', 'bootstrap_ci', 'as_ranks', 'Metrics', 'rank_metrics', 'common_queries',
-           'metrics_table']
+__all__ = ['TIE_TOL', 'TIES', 'beats', 'ties_with', 'under', 'target_ranks', 'list_rank', 'hit_at', 'expected_rank',
+           'recall_at_k', 'r_mean', 'median_rank', 'mean_rank', 'bootstrap_ci', 'as_ranks', 'Metrics', 'rank_metrics',
+           'common_queries', 'metrics_table']
 
 # %% ../nbs/07_metrics.ipynb #c005b
-TIE_TOL = 1e-9                          # scores closer than this, compared in float64, tie
-TIES = ('pessimistic', 'optimistic')    # ties count against the target, or not
+TIE_TOL = 1e-9                                   # scores closer than this, compared in float64, tie
+TIES = ('random', 'pessimistic', 'optimistic')   # ties broken at random in expectation, against the target, for it
 
 def _ties(ties:str) -> str:
-    if ties not in TIES: raise ValueError(f"ties must be 'pessimistic' or 'optimistic', not {ties!r}")
+    if ties not in TIES: raise ValueError(f"ties must be one of {', '.join(map(repr, TIES))}, not {ties!r}")
     return ties
 
 def beats(scores, target_score, ties:str='pessimistic', tol:float=TIE_TOL) -> np.ndarray:
-    "Which `scores` count against a target scoring `target_score` (broadcast), compared in float64 to within `tol`."
+    "Which `scores` are at or above `target_score` ('pessimistic') or above it ('optimistic'), in float64 within `tol`."
+    if ties not in TIES[1:]: raise ValueError(f"beats: ties must be 'pessimistic' or 'optimistic', not {ties!r}")
     s, t = np.asarray(scores, np.float64), np.asarray(target_score, np.float64)
-    return s >= t - tol if _ties(ties) == 'pessimistic' else s > t + tol
+    return s >= t - tol if ties == 'pessimistic' else s > t + tol
+
+def ties_with(scores, target_score, tol:float=TIE_TOL) -> np.ndarray:
+    "Which `scores` tie with `target_score`: neither above nor below it by more than `tol` (in float64)."
+    return beats(scores, target_score, 'pessimistic', tol) & ~beats(scores, target_score, 'optimistic', tol)
+
+def under(above, tied, ties:str='random') -> tuple:
+    "The rank `(above, tied)` read under `ties`: as it is ('random'), ties against the target or for it (tied -> 0)."
+    if _ties(ties) == 'random': return above, tied
+    return (above + tied if ties == 'pessimistic' else above), tied * 0
 
 # %% ../nbs/07_metrics.ipynb #c006
 def _index_column(idx, n_rows:int, n_cols:int, what:str) -> np.ndarray:
@@ -56,35 +66,25 @@ def _check_scores(S:np.ndarray):
 def target_ranks(scores:np.ndarray,     # (n_queries, n_gallery) scores, higher is better (float64 for exact ties)
                  target_idx,            # per query: gallery column of the target; -1/NaN/None = unlabelled
                  exclude_idx=None,      # per query: column of the reference (-1 = none), or (n_queries, m), -1 padded
-                 ties:str='pessimistic', # 'pessimistic': tied scores beat the target; 'optimistic': only higher ones
+                 ties:str='random',     # 'random': (above, tied) as they are; 'pessimistic'/'optimistic': tied -> 0
                  chunk:int=1024         # queries per block (bounds memory)
                 ) -> np.ndarray:
-    "0-based rank of each query's target: how many non-excluded gallery videos beat it; NaN when unlabelled."
+    "(n_queries, 2) ranks: the non-excluded videos above each query's target and those tied with it; NaN if unlabelled."
     S = np.asarray(scores); _ties(ties); _check_scores(S)
     t = _index_column(target_idx, *S.shape, 'target_idx')
     ex = _exclusions(exclude_idx, *S.shape)
     clash = np.flatnonzero(((ex == t[:, None]) & (t[:, None] >= 0)).any(1))
     if len(clash):
         raise DataError(f'query row {clash[0]}: target column {t[clash[0]]} is also excluded (target == reference?)')
-    out, rows = np.full(len(S), np.nan), np.flatnonzero(t >= 0)
+    out, rows = np.full((len(S), 2), np.nan), np.flatnonzero(t >= 0)
     for s in range(0, len(rows), chunk):
         r = rows[s:s+chunk]; block, ar = np.asarray(S[r], np.float64), np.arange(len(r))
-        against = beats(block, block[ar, t[r]][:, None], ties)
-        against[ar, t[r]] = False                                   # the target does not beat itself
-        e = ex[r]; i, j = np.nonzero(e >= 0); against[i, e[i, j]] = False   # nor does the reference
-        out[r] = against.sum(1)
+        own = block[ar, t[r]][:, None]
+        above, tied = beats(block, own, 'optimistic'), ties_with(block, own)
+        e = ex[r]; i, j = np.nonzero(e >= 0)
+        for m in (above, tied): m[ar, t[r]] = False; m[i, e[i, j]] = False   # not the target, nor the reference
+        out[r] = np.stack(under(above.sum(1), tied.sum(1), ties), -1)
     return out
-
-# %% ../nbs/07_metrics.ipynb #c019
-def ranks_by_id(scores:np.ndarray, gallery_ids:list, queries:list, ties:str='pessimistic') -> dict:
-    "`{query id: 0-based target rank}` for `Query` rows of `scores` over `gallery_ids`; NaN when unlabelled."
-    pos = {g: j for j, g in enumerate(gallery_ids)}
-    for q in queries:
-        if q.target is not None and q.target not in pos:
-            raise DataError(f'query {q.id}: target {q.target!r} is not in the gallery')
-    t = [pos[q.target] if q.target is not None else -1 for q in queries]
-    r = target_ranks(scores, t, [pos.get(q.reference, -1) for q in queries], ties)
-    return {q.id: float(x) for q, x in zip(queries, r)}
 
 # %% ../nbs/07_metrics.ipynb #c023
 def _ranked(row) -> tuple:
@@ -92,45 +92,48 @@ def _ranked(row) -> tuple:
     if isinstance(row, dict): return list(row.get('ids', ())), row.get('scores')
     return list(getattr(row, 'ids', row)), getattr(row, 'scores', None)
 
-def list_rank(row, target, reference=None, ties:str='pessimistic') -> float:
-    "0-based rank of `target` in one list, `reference` removed: entries above it, scored ties below; inf if absent."
-    ids, scores = _ranked(row)
+def list_rank(row, target, reference=None, ties:str='random') -> list:
+    "The rank `[above, tied]` of `target` in one ranked list, `reference` removed; `[inf, 0]` if it is not there."
+    ids, scores = _ranked(row); _ties(ties)
     if scores is not None and len(scores) and len(scores) != len(ids):
         raise DataError(f'its ranked list has {len(ids)} ids and {len(scores)} scores')
     keep = [k for k, x in enumerate(ids) if x != reference]
     ids = [ids[k] for k in keep]
     if len(set(ids)) != len(ids): raise DataError('its ranked list repeats an id')
-    if target not in ids: return np.inf
+    if target not in ids: return [np.inf, 0.0]
     p = ids.index(target)
-    if scores is None or not len(scores): return float(p)
+    if scores is None or not len(scores): return [float(p), 0.0]
     s = np.asarray(scores, np.float64)[keep]
-    tied_above = (beats(s[:p], s[p]) & ~beats(s[:p], s[p], 'optimistic')).sum() if ties == 'optimistic' else 0
-    return float(p - tied_above + beats(s[p + 1:], s[p], ties).sum())
-
-def ranks_from_lists(rankings:dict,            # query id -> ranked list, best first: ids, a `Shortlist`, {ids, scores}
-                     targets:dict,             # query id -> target id; None = unlabelled
-                     references:dict|None=None, # query id -> reference id, removed from the list before ranking
-                     ties:str='pessimistic'    # how tied scores below the target count (lists with scores only)
-                    ) -> np.ndarray:
-    "0-based rank of each target in its query's list, in the order of `targets`; inf if absent, NaN if unlabelled."
-    references = references or {}
-    out = np.full(len(targets), np.nan)
-    for i, (q, t) in enumerate(targets.items()):
-        if t is None or t != t: continue
-        ref = references.get(q)
-        if ref is not None and ref == t: raise DataError(f'query {q}: target {t!r} is its own reference')
-        try: out[i] = list_rank(rankings.get(q, ()), t, ref, ties)
-        except DataError as e: raise DataError(f'query {q}: {e}') from None
-    return out
+    tied = ties_with(s, s[p]); tied[p] = False
+    above = p - tied[:p].sum() + beats(s[p + 1:], s[p], 'optimistic').sum()
+    return [float(x) for x in under(above, tied.sum(), ties)]
 
 # %% ../nbs/07_metrics.ipynb #c028
-def _n_scored(r:np.ndarray) -> np.ndarray: return (~np.isnan(r)).sum(-1)
+def _pairs(ranks) -> np.ndarray:
+    "Ranks as floats with a last axis (above, tied): a 0-D or 1-D array of plain ranks gets tied = 0."
+    r = np.asarray(ranks, float)
+    if r.ndim <= 1: return np.stack([r, np.zeros_like(r)], -1)
+    if r.shape[-1] != 2: raise DataError(f'ranks: expected plain ranks or (above, tied) pairs, got shape {r.shape}')
+    return r
+
+def hit_at(ranks, k) -> np.ndarray:
+    "P(the target is among the first `k`) for each rank, ties broken at random: clip((k - above) / (tied + 1), 0, 1)."
+    r = _pairs(ranks)
+    with np.errstate(invalid='ignore'): return np.clip((k - r[..., 0]) / (r[..., 1] + 1), 0, 1)
+
+def expected_rank(ranks) -> np.ndarray:
+    "The expected 0-based position of each rank under random tie-breaking: above + tied / 2."
+    r = _pairs(ranks)
+    return r[..., 0] + r[..., 1] / 2
+
+def _n_scored(r:np.ndarray) -> np.ndarray: return (~np.isnan(r[..., 0])).sum(-1)
 
 def recall_at_k(ranks, ks=(1, 5, 10, 50)) -> np.ndarray:
-    "Percent of scored ranks (last axis) below each K; shape `(..., len(ks))`, or `(...)` for a single K."
-    r, k = np.asarray(ranks, float), np.atleast_1d(np.asarray(ks, float))
+    "Expected percent of scored queries with the target among the first K, per K: shape `(..., len(ks))`."
+    r, k = _pairs(ranks), np.atleast_1d(np.asarray(ks, float))
+    hits = hit_at(r[..., None, :, :], k[:, None])                          # (..., len(ks), n_queries)
     with np.errstate(invalid='ignore', divide='ignore'):
-        out = 100 * (r[..., None, :] < k[:, None]).sum(-1) / _n_scored(r)[..., None]
+        out = 100 * np.nansum(hits, -1) / _n_scored(r)[..., None]
     return out[..., 0] if np.ndim(ks) == 0 else out
 
 # %% ../nbs/07_metrics.ipynb #c033
@@ -142,22 +145,22 @@ def r_mean(ranks) -> np.ndarray:
 def _nan_reduce(f, r, base):
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', RuntimeWarning)
-        return f(np.asarray(r, float), axis=-1) + base
+        return f(expected_rank(r), axis=-1) + base
 
 def median_rank(ranks, base:int=1) -> np.ndarray:
-    "Median rank over the last axis, 1-based as papers report MedR (`base=0`: the 0-based position)."
+    "Median of the expected ranks over the query axis, 1-based as papers report MedR (`base=0`: 0-based)."
     return _nan_reduce(np.nanmedian, ranks, base)
 
 def mean_rank(ranks, base:int=1) -> np.ndarray:
-    "Mean rank over the last axis, 1-based (`base=0`: 0-based); inf when any rank is censored."
+    "Mean expected rank over the query axis, 1-based (`base=0`: 0-based); inf when any rank is censored."
     return _nan_reduce(np.nanmean, ranks, base)
 
 # %% ../nbs/07_metrics.ipynb #c041
 def bootstrap_ci(ranks, stat, n:int=1000, seed:int=0, alpha:float=0.05, max_cells:int=2**24) -> tuple:
-    "(low, high) percentile-bootstrap interval of `stat` (a last-axis reduction) over resampled scored ranks."
-    r = np.asarray(ranks, float); r = r[~np.isnan(r)]
+    "(low, high) percentile-bootstrap interval of `stat` (a query-axis reduction) over resampled scored ranks."
+    r = _pairs(ranks).reshape(-1, 2); r = r[~np.isnan(r[:, 0])]
     if not len(r): return np.nan, np.nan
-    rng, step = np.random.default_rng(seed), max(1, max_cells // len(r))
+    rng, step = np.random.default_rng(seed), max(1, max_cells // (2 * len(r)))
     vals = np.concatenate([np.asarray(stat(r[rng.integers(0, len(r), (min(step, n - s), len(r)))]))
                            for s in range(0, n, step)])
     with warnings.catch_warnings():
@@ -171,12 +174,22 @@ def _num(x):
     x = float(x)
     return x if np.isfinite(x) else None
 
+def _pair(v) -> tuple:
+    "One rank as (above, tied): None -> NaN, a number -> (number, 0), a pair as it is."
+    if v is None: return (np.nan, 0.0)
+    if isinstance(v, (list, tuple, np.ndarray)):
+        if len(v) != 2: raise ValueError(f'{list(v)!r} is not an (above, tied) pair')
+        return (float(v[0]), float(v[1]))
+    return (float(v), 0.0)
+
 def as_ranks(ranks) -> np.ndarray:
-    "Ranks as a float array (dict values in order; None -> NaN); negative ranks are a `DataError`."
+    "Ranks as an (n, 2) float array of (above, tied) pairs (dict values in order); negative ones are a `DataError`."
     vals = list(ranks.values()) if isinstance(ranks, dict) else ranks
-    try: r = np.array([np.nan if v is None else v for v in vals], dtype=float).reshape(-1)
+    try:
+        if isinstance(vals, np.ndarray) and vals.dtype != object: r = _pairs(vals).reshape(-1, 2)
+        else: r = np.array([_pair(v) for v in vals], dtype=float).reshape(-1, 2)
     except (TypeError, ValueError) as e: raise DataError(f'ranks: not numbers ({e})') from None
-    if (r < 0).any(): raise DataError(f'ranks: position {int(np.flatnonzero(r < 0)[0])} is negative')
+    if (r < 0).any(): raise DataError(f'ranks: position {int(np.flatnonzero((r < 0).any(1))[0])} is negative')
     return r
 
 # %% ../nbs/07_metrics.ipynb #c049
@@ -184,7 +197,7 @@ class Metrics(dict):
     "Metrics of one configuration: a plain, JSON-able dict (it learns to show itself as a table row below)."
 
 def _stats(ks):
-    "Names and a joint last-axis statistic: R@K for `ks`, R_mean, MedR, MeanR."
+    "Names and a joint query-axis statistic: R@K for `ks`, R_mean, MedR, MeanR."
     names = [f'R@{k}' for k in ks] + ['R_mean', 'MedR', 'MeanR']
     def stat(r):
         return np.concatenate([recall_at_k(r, ks), np.stack([r_mean(r), median_rank(r), mean_rank(r)], -1)], -1)
@@ -192,9 +205,10 @@ def _stats(ks):
 
 def rank_metrics(ranks, ks=(1, 5, 10, 50), ci:bool=True, n_boot:int=1000, seed:int=0, alpha:float=0.05) -> Metrics:
     "R@K, R_mean, MedR and MeanR (1-based) of 0-based `ranks`, with counts and bootstrap intervals."
-    r = as_ranks(ranks); s = r[~np.isnan(r)]
+    r = as_ranks(ranks); s = r[~np.isnan(r[:, 0])]
     names, stat = _stats(tuple(ks))
-    m = Metrics(n_queries=len(r), n_scored=len(s), n_censored=int(np.isinf(s).sum()),
+    m = Metrics(n_queries=len(r), n_scored=len(s), n_censored=int(np.isinf(s[:, 0]).sum()),
+                n_tied=int((s[:, 1] > 0).sum()),
                 **{k: _num(v) for k, v in zip(names, stat(s) if len(s) else [np.nan] * len(names))})
     if ci and len(s):
         lo, hi = bootstrap_ci(s, stat, n_boot, seed, alpha)
@@ -211,7 +225,7 @@ def common_queries(ranks:dict) -> list:
 def _cell(m:dict, col:str, ci:bool, digits:int) -> str:
     v = m.get(col)
     if v is None: return '—'
-    f = (lambda x: f'{x:g}') if col == 'MedR' else (lambda x: f'{x:.{digits}f}')
+    f = (lambda x: f'{round(x, 1):g}') if col == 'MedR' else (lambda x: f'{x:.{digits}f}')
     lohi = (m.get('ci') or {}).get(col)
     return f(v) + (f' [{f(lohi[0])}, {f(lohi[1])}]' if ci and lohi and None not in lohi else '')
 
@@ -226,10 +240,10 @@ def metrics_table(results:dict, # name -> metrics dict from `rank_metrics`
     "A markdown table, one row per configuration."
     first = next(iter(results.values()), {})
     cols = list(cols or [k for k in first if k.startswith('R@')] + ['R_mean', 'MedR'])
-    cens = any(m.get('n_censored') for m in results.values())
-    rows = [[name, *(_cell(m, c, ci, digits) for c in cols), _n(m)] + [m.get('n_censored', 0)] * cens
+    extra = [c for c in ('censored', 'tied') if any(m.get(f'n_{c}') for m in results.values())]
+    rows = [[name, *(_cell(m, c, ci, digits) for c in cols), _n(m), *(m.get(f'n_{c}', 0) for c in extra)]
             for name, m in results.items()]
-    return markdown_table(['', *cols, 'n'] + ['censored'] * cens, rows)
+    return markdown_table(['', *cols, 'n', *extra], rows)
 
 # %% ../nbs/07_metrics.ipynb #c059
 @patch

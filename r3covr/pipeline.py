@@ -15,7 +15,8 @@ from .lm import video_part
 from .reason import CLEANER, describe_raw, fit_to_window, generate_raw, provided_descriptions
 from .retrieve import Gallery, Shortlist, embed_gallery, gallery_key, retrieve as search_gallery
 from .routes import BASELINES, fuse, route_gallery, route_rows, route_texts
-from .rerank import judge, judge_value, likelihood_scores, pair_scores, reorder, reranked_rank, tournament
+from .rerank import (below_judged, judge, judge_value, likelihood_scores, pair_scores, reorder, reranked_rank,
+                           tournament)
 from .metrics import common_queries, list_rank, metrics_table, rank_metrics
 from .runfolder import RunFolder
 from .settings import STAGE_KEYS, key_inputs, result_fields, run_config
@@ -308,18 +309,19 @@ def _without(rec:dict, drop:set) -> dict:
     return dict(rec, ids=[ids[i] for i in keep], scores=[scores[i] for i in keep] if scores else [],
                 judged=sum(i < n for i in keep))
 
-def best_rank(rec:dict, targets, rank_one, among=None) -> float:
+def best_rank(rec:dict, targets, rank_one, among=None) -> list:
     "The least `rank_one(list, t)` over targets `t` (those `among`, default all), the other targets out of the list."
     ts = (targets,) if isinstance(targets, str) else tuple(targets)
-    return min((rank_one(_without(rec, set(ts) - {t}), t) for t in (ts if among is None else among)), default=np.inf)
+    ranks = [list(rank_one(_without(rec, set(ts) - {t}), t)) for t in (ts if among is None else among)]
+    return min(ranks, default=[np.inf, 0.0])                  # (above, tied) pairs: the fewest above, then tied
 
-def best_reranked_rank(sl:Shortlist, n_judged:int, targets:tuple, retrieval_rank:int) -> int:
+def best_reranked_rank(sl:Shortlist, n_judged:int, targets:tuple, retrieval_rank:list) -> list:
     "The best target's rank after reranking: `reranked_rank` of each target in the judged top, else retrieval's."
     top = [t for t in targets if t in sl.ids[:n_judged]]
-    if not top: return retrieval_rank
+    if not top: return below_judged(retrieval_rank, n_judged)
     one = lambda r, t: reranked_rank(Shortlist(sl.query_id, tuple(r['ids']), tuple(r['scores'])), r['judged'], t,
                                      retrieval_rank)
-    return int(best_rank(dict(ids=sl.ids, scores=sl.scores, judged=n_judged), targets, one, among=top))
+    return best_rank(dict(ids=sl.ids, scores=sl.scores, judged=n_judged), targets, one, among=top)
 
 @dataclass(frozen=True)
 class Reranked:
@@ -414,11 +416,11 @@ def run(folder, ds:CoVRDataset|None=None, models:Models|None=None, **settings) -
         return {**evaluate(cfg, ds, folder, ranks, found.shortlist_row, desc, times), 'folder': str(folder.dir)}
 
 # %% ../nbs/08_pipeline.ipynb #h387ccd7
-def _ranking_rank(rec:dict, target:str, reference:str|None=None) -> float:
+def _ranking_rank(rec:dict, target:str, reference:str|None=None) -> list:
     n, ids, scores = rec.get('judged', 0), list(rec['ids']), list(rec.get('scores') or [])
-    below = n + list_rank(dict(ids=ids[n:], scores=scores[n:]), target, reference)   # in retrieval's order
-    return float(reranked_rank(Shortlist(rec.get('id', ''), tuple(ids), tuple(scores)), n, target, below))
+    above, tied = list_rank(dict(ids=ids[n:], scores=scores[n:]), target, reference)   # in retrieval's order
+    return reranked_rank(Shortlist(rec.get('id', ''), tuple(ids), tuple(scores)), n, target, [n + above, tied])
 
-def ranking_rank(rec:dict, targets, reference:str|None=None) -> float:
-    "The best target's rank in one ranked list (`ids`, `scores`, `judged`) as `run` counts it; inf if it holds none."
+def ranking_rank(rec:dict, targets, reference:str|None=None) -> list:
+    "The best target's rank in one ranked list (`ids`, `scores`, `judged`) as `run` counts it; [inf, 0] if none."
     return best_rank(rec, targets, lambda r, t: _ranking_rank(r, t, reference))

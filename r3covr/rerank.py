@@ -12,8 +12,8 @@ from .prompts import judge_prompt, pair_prompt, likelihood_prompts
 from .retrieve import Shortlist
 
 # %% auto #0
-__all__ = ['RERANK_MODES', 'JUDGE_SCORES', 'minmax', 'blend', 'judge', 'reorder', 'reranked_rank', 'judge_value', 'preference',
-           'tournament', 'pair_scores', 'likelihood_scores']
+__all__ = ['RERANK_MODES', 'JUDGE_SCORES', 'minmax', 'blend', 'judge', 'reorder', 'below_judged', 'reranked_rank', 'judge_value',
+           'preference', 'tournament', 'pair_scores', 'likelihood_scores']
 
 # %% ../nbs/06_rerank.ipynb #c010
 def minmax(x:np.ndarray) -> np.ndarray:
@@ -47,12 +47,17 @@ def reorder(shortlist:Shortlist, p_yes:list, weight:float=0.5) -> Shortlist:
     ids = tuple(shortlist.ids[i] for i in order) + shortlist.ids[k:]
     return Shortlist(shortlist.query_id, ids, tuple(float(final[i]) for i in order) + tuple(shortlist.scores[k:]))
 
-def reranked_rank(reranked:Shortlist, n_judged:int, target:str, retrieval_rank:int) -> int:
-    "The target's 0-based rank after reranking: its place in the judged top (ties against it), else retrieval's."
+def below_judged(retrieval_rank:list, n_judged:int) -> list:
+    "The rank `[above, tied]` of a target left below the judged top: those tied with it that were judged are above it."
+    above, tied = retrieval_rank; moved = min(max(n_judged - above, 0), tied)
+    return [above + moved, tied - moved]
+
+def reranked_rank(reranked:Shortlist, n_judged:int, target:str, retrieval_rank:list) -> list:
+    "The target's rank `[above, tied]` after reranking: its place in the judged top, else `retrieval_rank`'s."
     top, scores = reranked.ids[:n_judged], np.asarray(reranked.scores[:n_judged], np.float64)
-    if target not in top: return retrieval_rank
-    if np.any(np.diff(scores) > 0): return top.index(target)     # out of score order: a tournament's new leader
-    return int(list_rank(dict(ids=top, scores=scores), target))
+    if target not in top: return below_judged(retrieval_rank, n_judged)
+    if np.any(np.diff(scores) > 0): return [top.index(target), 0]     # out of score order: a tournament's new leader
+    return list_rank(dict(ids=top, scores=scores), target)
 
 # %% ../nbs/06_rerank.ipynb #6d00a00b
 RERANK_MODES = ('pointwise', 'tournament', 'likelihood')

@@ -12,7 +12,7 @@ import numpy as np
 from .core import R3Error, Video, atomic_write, stable_hash
 from .lm import video_part
 from .models import Encoder, l2norm
-from .metrics import beats
+from .metrics import beats, ties_with
 
 # %% auto #0
 __all__ = ['INDEXES', 'INDEX_VERSION', 'pad_frames', 'video_signature', 'embed_chunk', 'embed_gallery', 'gallery_key', 'Gallery',
@@ -213,9 +213,9 @@ def _target_columns(gallery, targets:list) -> list:
 def rank_targets(gallery, qvecs,
                  targets:list,      # per query: its target id, or a sequence of ids (any of them is a hit)
                  references:list, block:int=65536, near:float=1e-4) -> np.ndarray:
-    "0-based rank of each query's best target: the non-targets above it, counted block by block; NaN if none is in."
+    "(n, 2) ranks of each query's best target: the non-targets above it and tied with it; NaN if none is in."
     cols, r = _target_columns(gallery, targets), _columns(gallery, references)
-    ranks = np.full(len(cols), np.nan)
+    ranks = np.full((len(cols), 2), np.nan)
     rows = np.array([i for i, c in enumerate(cols) if c], int)
     if not len(rows): return ranks
     q, r = _rows(qvecs, rows), r[rows]
@@ -224,15 +224,18 @@ def rank_targets(gallery, qvecs,
     own = np.full(len(rows), -np.inf)
     np.maximum.at(own, pr, _exact(gallery, _rows(q, pr), pc))              # the best target's score
     er, ec = np.r_[pr, np.flatnonzero(r >= 0)], np.r_[pc, r[r >= 0]]       # no target nor the reference competes
-    count = np.zeros(len(q), np.int64)
+    count = np.zeros((len(q), 2), np.int64)                                # (above, tied), counted block by block
     for lo in range(0, len(gallery), block):
         S = gallery.scores(q, lo, lo + block)
         above, close = S > (own + near)[:, None], S >= (own - near)[:, None]   # clearly above; maybe tied or above
         inside = (ec >= lo) & (ec < lo + S.shape[1])
         above[er[inside], ec[inside] - lo] = close[er[inside], ec[inside] - lo] = False
-        count += above.sum(1)
+        count[:, 0] += above.sum(1)
         i, j = np.nonzero(close & ~above)                         # too close to call in float32: score again
-        if len(i): np.add.at(count, i, beats(_exact(gallery, _rows(q, i), lo + j), own[i]))
+        if len(i):
+            exact = _exact(gallery, _rows(q, i), lo + j)
+            np.add.at(count, (i, 0), beats(exact, own[i], 'optimistic'))
+            np.add.at(count, (i, 1), ties_with(exact, own[i]))
     ranks[rows] = count
     return ranks
 
@@ -268,7 +271,7 @@ def retrieve(qvecs, queries:list, gallery, k:int=50, index:str='flat',
              groups:dict|None=None,   # group -> its video ids: each query searches its own group's videos
              query_groups:list|None=None,   # each query's group (default: its source)
              block:int=65536) -> tuple:
-    "(shortlists, {query id: 0-based target rank}) of query vectors (or a bundle) over `gallery`, by `groups`."
+    "(shortlists, {query id: [above, tied] target rank}) of query vectors (or a bundle) over `gallery`, by `groups`."
     if isinstance(qvecs, (np.ndarray, list)): qvecs = np.asarray(qvecs, np.float32)
     sls, ranks = [Shortlist(q.id, (), ()) for q in queries], {}
     for rows, g in _parts(queries, gallery, groups, query_groups):
@@ -281,7 +284,7 @@ def retrieve(qvecs, queries:list, gallery, k:int=50, index:str='flat',
         lab = [i for i, q in zip(rows, qs) if q.targets]
         targets, refs = [queries[i].targets for i in lab], [queries[i].reference for i in lab]
         rk = rank_targets(g, _rows(qvecs, lab), targets, refs, block)
-        ranks.update({queries[i].id: int(x) for i, x in zip(lab, rk) if not np.isnan(x)})
+        ranks.update({queries[i].id: [int(a), int(t)] for i, (a, t) in zip(lab, rk) if not np.isnan(a)})
     return sls, ranks
 
 # %% ../nbs/05_retrieve.ipynb #e7597cd2

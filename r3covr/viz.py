@@ -16,14 +16,14 @@ from pathlib import Path
 import numpy as np
 from fastcore.basics import patch
 from .core import R3Error, DataError, CoVRDataset, atomic_write, stable_hash
-from .metrics import recall_at_k, as_ranks, common_queries
+from .metrics import recall_at_k, as_ranks, common_queries, expected_rank
 from .runfolder import RunFolder
 from .pipeline import dataset_of, dataset_fingerprint
 
 # %% auto #0
-__all__ = ['RunView', 'load_run', 'final_ranks', 'retrieved_ranks', 'video_strip', 'shortlist_rows', 'plot_query', 'plot_lengths',
-           'plot_rank_shift', 'plot_recall_curves', 'run_ranks', 'example_queries', 'save_run_figures', 'query_html',
-           'Explorer', 'explore', 'plot_ablation']
+__all__ = ['RunView', 'load_run', 'final_ranks', 'retrieved_ranks', 'video_strip', 'place', 'shortlist_rows', 'plot_query',
+           'plot_lengths', 'plot_rank_shift', 'plot_recall_curves', 'run_ranks', 'example_queries', 'save_run_figures',
+           'query_html', 'Explorer', 'explore', 'plot_ablation']
 
 # %% ../nbs/09_viz.ipynb #c008
 def _figure(w:float, h:float):
@@ -127,6 +127,18 @@ def video_strip(video, n:int=4, size:int=48) -> np.ndarray|None:
     return _strip(str(video.path), n, size) if video is not None and video.path else None
 
 # %% ../nbs/09_viz.ipynb #c023
+def _at(rank) -> float:
+    "The expected 0-based position of one rank: a list index, or `[above, tied]` (ties broken at random)."
+    return float(expected_rank(as_ranks([rank]))[0])
+
+def _missed(rank) -> bool: return rank is not None and _at(rank) > 0    # the target not surely first
+
+def place(rank) -> str:
+    "A rank as 1-based places: '#3', or '#3-5' for a target tied with two others, '-' for none."
+    if rank is None: return '-'
+    above, tied = as_ranks([rank])[0]
+    return f'#{above + 1:g}' + (f'-{above + tied + 1:g}' if tied else '')
+
 def shortlist_rows(run, qid:str, n:int=5, order:str='after', with_target:bool=True) -> list:
     "Top `n` candidates of `qid` ('before'/'after' reranking), positions and scores; the target appended if missing."
     r = load_run(run); tgt = r.query(qid).target
@@ -158,11 +170,9 @@ def _text_cell(ax, text:str, color:str='black', size:float=7):
     "Draw `text` (already wrapped) in an axes without frame."
     ax.text(0, .5, text, fontsize=size, va='center', color=color); ax.axis('off')
 
-def _pos(i) -> str: return '-' if i is None else f'#{int(i) + 1}'
-
 def _row_label(x:dict) -> str:
     "The scores line of one candidate (positions 1-based)."
-    s = [f'{_pos(x["after"])} after rerank, {_pos(x["before"])} retrieved']
+    s = [f'{place(x["after"])} after rerank, {place(x["before"])} retrieved']
     s += [f'retrieval {x["score"]:.3f}' if x['score'] is not None else 'beyond the shortlist']
     if x['judge'] is not None: s += [f'judge {x["judge"]:.3f}']
     return f'{x["id"]}{"   TARGET" if x["target"] else ""}\n' + ', '.join(s)
@@ -182,7 +192,7 @@ def plot_query(run, qid:str, n_candidates:int=5, n_frames:int=4, view:str|None=N
         _text_cell(fig.add_subplot(gs[i, 1]), _row_label(x), 'tab:green' if x['target'] else 'black')
     b, a = retrieved_ranks(r).get(qid), final_ranks(r).get(qid)
     fig.suptitle(f'{qid}: reference (top), candidates after reranking ({view} view); '
-                 f'target {_pos(b)} retrieved, {_pos(a)} after reranking', fontsize=9)
+                 f'target {place(b)} retrieved, {place(a)} after reranking', fontsize=9)
     return fig
 
 # %% ../nbs/09_viz.ipynb #c033
@@ -210,7 +220,7 @@ def plot_rank_shift(run, before:str|None=None, after:str='rerank'):
         raise DataError(f'{r.dir}: needs ranks of {before!r} and {after!r}')
     ids = sorted(set(r.ranks[before]) & set(r.ranks[after]))
     if not ids: raise DataError(f'{r.dir}: no query has ranks of both {before!r} and {after!r}')
-    b, a = (1 + np.array([r.ranks[k][i] for i in ids], float) for k in (before, after))
+    b, a = (1 + np.array([_at(r.ranks[k][i]) for i in ids]) for k in (before, after))    # expected places, 1-based
     fig = _figure(3.6, 3.4); ax = fig.add_subplot()
     groups = (('improved', a < b, 'tab:green'), ('worse', a > b, 'tab:red'), ('unchanged', a == b, '0.5'))
     for name, m, c in groups: ax.scatter(b[m], a[m], s=14, color=c, alpha=.7, label=f'{name}: {m.sum()}')
@@ -244,7 +254,7 @@ def run_ranks(run) -> dict:
 def example_queries(run) -> dict:
     "The first failure (target not first) and first success by the run's final ranks; the first query if unlabelled."
     r, out = load_run(run), {}
-    for i, k in final_ranks(r).items(): out.setdefault('failure' if k > 0 else 'success', i)
+    for i, k in final_ranks(r).items(): out.setdefault('failure' if _missed(k) else 'success', i)
     return out or {'first': i for i in list(r.rankings)[:1]}
 
 # %% ../nbs/09_viz.ipynb #c044
@@ -291,7 +301,7 @@ def _list_html(r:RunView, qid:str, order:str, n:int, frames:int, size:int) -> st
         sc = (f'{x["score"]:.3f}' if order == 'before' else
               f'{x["judge"]:.3f}, {x["final"]:.3f}' if x['judge'] is not None else f'-, {x["final"]:.3f}')
         style = ' style="background:#d4f4d4"' if x['target'] else ''
-        rows.append(f'<tr{style}><td>{_pos(x[order])}</td><td>{_video_html(r.ds.videos.get(x["id"]), frames, size)}'
+        rows.append(f'<tr{style}><td>{place(x[order])}</td><td>{_video_html(r.ds.videos.get(x["id"]), frames, size)}'
                     f'<br><code>{html.escape(x["id"])}</code></td><td>{sc}</td></tr>')
     return f'<table><tr><th>{head[0]}</th><th></th><th>{head[1]}</th></tr>{"".join(rows)}</table>'
 
@@ -300,7 +310,7 @@ def _landed(r:RunView, qid:str) -> str:
     q = r.query(qid)
     if q.target is None: return 'unlabelled query (no target)'
     b, a = retrieved_ranks(r).get(qid), final_ranks(r).get(qid)
-    return f'target <code>{html.escape(q.target)}</code>: {_pos(b)} after retrieval, {_pos(a)} after reranking'
+    return f'target <code>{html.escape(q.target)}</code>: {place(b)} after retrieval, {place(a)} after reranking'
 
 # %% ../nbs/09_viz.ipynb #c049
 def query_html(run, qid:str, n:int=5, frames:int=3, size:int=32) -> str:
@@ -326,7 +336,7 @@ def _live() -> bool:
 def _label(r:RunView, qid:str) -> str:
     "A query's dropdown label: its id and its target's position before and after reranking."
     b, a = retrieved_ranks(r).get(qid), final_ranks(r).get(qid)
-    return qid if a is None else f'{qid}  {_pos(b)} -> {_pos(a)}{"" if a == 0 else "  (miss)"}'
+    return qid if a is None else f'{qid}  {place(b)} -> {place(a)}{"  (miss)" if _missed(a) else ""}'
 
 # %% ../nbs/09_viz.ipynb #c053
 class Explorer:
@@ -338,7 +348,7 @@ class Explorer:
     def qids(self, failures_only:bool|None=None) -> list:
         "Ranked queries in dataset order (only those whose target is not first, with `failures_only`)."
         fo, fr = self.failures_only if failures_only is None else failures_only, final_ranks(self.r)
-        return [i for i in self.r.rankings if not fo or fr.get(i, 0) > 0]
+        return [i for i in self.r.rankings if not fo or _missed(fr.get(i))]
 
     def html(self, qids:list|None=None) -> str:
         "Static HTML pages of `qids` (default: the first `n_static` failures, else the first queries)."

@@ -5,11 +5,23 @@ import json
 from types import SimpleNamespace
 import numpy as np
 import pytest
-from r3covr.core import DataError, Query
-from r3covr.metrics import (TIE_TOL, beats, target_ranks, ranks_by_id, ranks_from_lists, recall_at_k, bootstrap_ci,
-                            rank_metrics, metrics_table, Metrics, common_queries)
+from r3covr.core import DataError
+from r3covr.metrics import (TIE_TOL, beats, target_ranks, list_rank, recall_at_k, bootstrap_ci, rank_metrics,
+                            metrics_table, Metrics, common_queries, hit_at)
 
 SEEDS = range(8)
+
+
+def rank1(S, t, ref=None, ties='pessimistic', chunk=1024):
+    "One number per query: the rank with ties counted against the target (or, 'optimistic', for it)."
+    return target_ranks(S, t, ref, ties, chunk)[:, 0]
+
+
+def list_ranks(rankings, targets, references=None, ties='pessimistic'):
+    "One number per query of `targets` (None: unlabelled) from its ranked list, under a one-sided tie rule."
+    references = references or {}
+    return np.array([np.nan if t is None else list_rank(rankings.get(q, ()), t, references.get(q), ties)[0]
+                     for q, t in targets.items()])
 
 def _random_problem(seed, nq=40, ng=60, discrete=False):
     "Scores, targets, references (reference != target, some unlabelled, some references absent)."
@@ -35,22 +47,22 @@ def _naive(S, t, ref, ties='pessimistic'):
 @pytest.mark.parametrize('ties', ['pessimistic', 'optimistic'])
 def test_ranks_match_definition(seed, ties):
     S, t, ref = _random_problem(seed, discrete=seed % 2 == 0)
-    np.testing.assert_array_equal(target_ranks(S, t, ref, ties=ties, chunk=7), _naive(S, t, ref, ties))
+    np.testing.assert_array_equal(rank1(S, t, ref, ties=ties, chunk=7), _naive(S, t, ref, ties))
 
 @pytest.mark.parametrize('seed', SEEDS)
 def test_pessimistic_never_better(seed):
     S, t, ref = _random_problem(seed, discrete=True)
-    p, o = target_ranks(S, t, ref), target_ranks(S, t, ref, ties='optimistic')
+    p, o = rank1(S, t, ref), rank1(S, t, ref, ties='optimistic')
     lab = t >= 0
     assert (p[lab] >= o[lab]).all() and (p[lab] > o[lab]).any()
     Sc, *_ = _random_problem(seed)   # continuous scores: no ties, the rules agree
-    np.testing.assert_array_equal(target_ranks(Sc, t, ref), target_ranks(Sc, t, ref, ties='optimistic'))
+    np.testing.assert_array_equal(rank1(Sc, t, ref), rank1(Sc, t, ref, ties='optimistic'))
 
 @pytest.mark.parametrize('seed', SEEDS)
 def test_reference_exclusion_changes_rank_iff_reference_outscored_target(seed):
     S, t, ref = _random_problem(seed)
     both = (t >= 0) & (ref >= 0)
-    with_ref, without_ref = target_ranks(S, t), target_ranks(S, t, ref)
+    with_ref, without_ref = rank1(S, t), rank1(S, t, ref)
     rows = np.flatnonzero(both)
     outscored = S[rows, ref[rows]] > S[rows, t[rows]]
     np.testing.assert_array_equal(with_ref[rows] - without_ref[rows], outscored.astype(float))
@@ -60,12 +72,12 @@ def test_reference_exclusion_changes_rank_iff_reference_outscored_target(seed):
 def test_two_dimensional_exclusion():
     S, t, ref = _random_problem(3)
     pad = np.stack([ref, np.full_like(ref, -1), ref], 1)   # padding and a repeated column change nothing
-    np.testing.assert_array_equal(target_ranks(S, t, pad), target_ranks(S, t, ref))
+    np.testing.assert_array_equal(rank1(S, t, pad), rank1(S, t, ref))
     two = np.stack([ref, (t + 2) % S.shape[1]], 1)
     two[t < 0, 1] = -1
     lab = t >= 0
     extra = (S[np.arange(len(S)), two[:, 1]] >= S[np.arange(len(S)), t]) & lab & (two[:, 1] != ref)
-    np.testing.assert_array_equal(target_ranks(S, t, ref)[lab] - target_ranks(S, t, two)[lab], extra[lab].astype(float))
+    np.testing.assert_array_equal(rank1(S, t, ref)[lab] - rank1(S, t, two)[lab], extra[lab].astype(float))
 
 @pytest.mark.parametrize('seed', SEEDS)
 def test_perfect_scores_give_r1_100(seed):
@@ -73,7 +85,7 @@ def test_perfect_scores_give_r1_100(seed):
     S = rng.random((30, 50))
     t = rng.integers(0, 50, 30)
     S[np.arange(30), t] = 2.0
-    m = rank_metrics(target_ranks(S, t), ci=False)
+    m = rank_metrics(rank1(S, t), ci=False)
     assert m['R@1'] == 100 and m['MedR'] == 1 and m['MeanR'] == 1 and m['R_mean'] == 100
 
 @pytest.mark.parametrize('seed', SEEDS)
@@ -97,21 +109,14 @@ def test_score_matrix_and_list_ranks_agree(seed):
     lists = {q[i]: [ids[j] for j in order[i]] for i in range(len(S))}
     targets = {q[i]: ids[t[i]] if t[i] >= 0 else None for i in range(len(S))}
     refs = {q[i]: ids[ref[i]] if ref[i] >= 0 else None for i in range(len(S))}
-    from_lists = ranks_from_lists(lists, targets, refs)
-    full = target_ranks(S, t, ref)
+    from_lists = list_ranks(lists, targets, refs)
+    full = rank1(S, t, ref)
     depth = np.array([len([x for x in lists[k] if x != refs[k]]) for k in q])
     expected = np.where(np.isnan(full) | (full < depth), full, np.inf)
     np.testing.assert_array_equal(from_lists, expected)
     # R@K agrees for every K up to the shallowest list: censoring only matters below it
     ks = range(1, depth.min() + 1)
     np.testing.assert_allclose(recall_at_k(from_lists, ks), recall_at_k(full, ks))
-
-def test_ranks_by_id_matches_columns():
-    S, t, ref = _random_problem(5)
-    ids = [f'v{j}' for j in range(S.shape[1])]
-    qs = [Query(f'q{i}', ids[ref[i]] if ref[i] >= 0 else 'elsewhere', 'edit', ids[t[i]] if t[i] >= 0 else None)
-          for i in range(len(S))]
-    np.testing.assert_array_equal(np.array(list(ranks_by_id(S, ids, qs).values())), target_ranks(S, t, ref))
 
 @pytest.mark.parametrize('seed', SEEDS)
 @pytest.mark.parametrize('ties', ['pessimistic', 'optimistic'])
@@ -126,11 +131,11 @@ def test_scored_lists_count_ties_as_the_matrix_does(seed, ties):
         lists[f'q{i}'] = {'ids': [ids[j] for j in order], 'scores': row[order].tolist()}
     targets = {f'q{i}': ids[x] if x >= 0 else None for i, x in enumerate(t)}
     refs = {f'q{i}': ids[x] if x >= 0 else None for i, x in enumerate(ref)}
-    np.testing.assert_array_equal(ranks_from_lists(lists, targets, refs, ties), target_ranks(S, t, ref, ties))
-    plain = ranks_from_lists({q: lst['ids'] for q, lst in lists.items()}, targets, refs)   # ids alone: positions
+    np.testing.assert_array_equal(list_ranks(lists, targets, refs, ties), rank1(S, t, ref, ties))
+    plain = list_ranks({q: lst['ids'] for q, lst in lists.items()}, targets, refs)   # ids alone: positions
     lab = t >= 0
-    assert (plain[lab] <= target_ranks(S, t, ref)[lab]).all()
-    assert (plain[lab] >= target_ranks(S, t, ref, 'optimistic')[lab]).all()
+    assert (plain[lab] <= rank1(S, t, ref)[lab]).all()
+    assert (plain[lab] >= rank1(S, t, ref, 'optimistic')[lab]).all()
 
 def test_ties_are_decided_in_float64_within_the_tolerance():
     own = np.float64(0.7)
@@ -139,8 +144,8 @@ def test_ties_are_decided_in_float64_within_the_tolerance():
     assert beats(s, own, 'optimistic').tolist() == [False, False, False, False, True]
     assert not beats(np.float32(own), own)                        # float32 rounding (1.2e-8 here) is not forgiven
     S = np.array([[.5, .5 + TIE_TOL / 10, .5 - TIE_TOL / 10, .4]])   # the same tie, however the last bits fall
-    assert target_ranks(S, [0]).tolist() == [2] and target_ranks(S, [1]).tolist() == [2]
-    assert target_ranks(S, [0], ties='optimistic').tolist() == [0]
+    assert rank1(S, [0]).tolist() == [2] and rank1(S, [1]).tolist() == [2]
+    assert rank1(S, [0], ties='optimistic').tolist() == [0]
 
 def test_common_queries():
     assert common_queries({'a': {'q1': 0, 'q2': 1}, 'b': {'q2': 3, 'q1': 2}, 'c': {}}) == ['q1', 'q2']
@@ -148,31 +153,28 @@ def test_common_queries():
     assert common_queries({}) == []
 
 def test_lists_accept_shortlist_objects_and_missing_lists():
-    r = ranks_from_lists({'a': SimpleNamespace(ids=('x', 'y', 'z'))}, {'a': 'z', 'b': 'y'}, {'a': 'x'})
+    r = list_ranks({'a': SimpleNamespace(ids=('x', 'y', 'z'))}, {'a': 'z', 'b': 'y'}, {'a': 'x'})
     np.testing.assert_array_equal(r, [1, np.inf])
     scored = SimpleNamespace(ids=('x', 'y', 'z', 'w'), scores=(.9, .5, .5, .1))   # a Shortlist: z ties with y
-    np.testing.assert_array_equal(ranks_from_lists({'a': scored}, {'a': 'y'}), [2])
+    np.testing.assert_array_equal(list_ranks({'a': scored}, {'a': 'y'}), [2])
 
 def test_bad_inputs_name_the_item():
     S = np.zeros((3, 4))
-    with pytest.raises(DataError, match='row 1'): target_ranks(S, [0, 4, 1])
-    with pytest.raises(DataError, match='row 2'): target_ranks(S, [0, 1, 1.5])
-    with pytest.raises(DataError, match='3 queries'): target_ranks(S, [0, 1])
-    with pytest.raises(DataError, match='row 2'): target_ranks(S, [0, 1, 2], [1, 0, 2])
-    with pytest.raises(DataError, match='row 1'): target_ranks(np.array([[0, 1.], [np.nan, 0]]), [0, 1])
-    with pytest.raises(DataError, match='matrix'): target_ranks(np.zeros(4), [0])
-    with pytest.raises(DataError, match='query b'): ranks_from_lists({}, {'a': 'x', 'b': 'y'}, {'b': 'y'})
-    with pytest.raises(DataError, match='query a: .*2 ids and 1 scores'):
-        ranks_from_lists({'a': {'ids': ['x', 'y'], 'scores': [1.]}}, {'a': 'y'})
-    with pytest.raises(DataError, match='query q7'): ranks_by_id(S, list('abcd'), [Query('q7', 'a', 'e', 'z')] * 3)
+    with pytest.raises(DataError, match='row 1'): rank1(S, [0, 4, 1])
+    with pytest.raises(DataError, match='row 2'): rank1(S, [0, 1, 1.5])
+    with pytest.raises(DataError, match='3 queries'): rank1(S, [0, 1])
+    with pytest.raises(DataError, match='row 2'): rank1(S, [0, 1, 2], [1, 0, 2])
+    with pytest.raises(DataError, match='row 1'): rank1(np.array([[0, 1.], [np.nan, 0]]), [0, 1])
+    with pytest.raises(DataError, match='matrix'): rank1(np.zeros(4), [0])
     with pytest.raises(DataError, match='not numbers'): rank_metrics(['a', 1])
-    with pytest.raises(ValueError): target_ranks(S, [0, 1, 2], ties='average')
+    with pytest.raises(ValueError): rank1(S, [0, 1, 2], ties='average')
+    with pytest.raises(DataError, match='2 ids and 1 scores'): list_rank({'ids': ['x', 'y'], 'scores': [1.]}, 'y')
 
 def test_unlabelled_and_exclusion_inputs_accept_none_and_nan():
     S = np.arange(12.).reshape(3, 4)
-    r = target_ranks(S, [0, None, np.nan], [1, None, np.nan])   # row 0: columns 2 and 3 beat column 0, 1 is excluded
+    r = rank1(S, [0, None, np.nan], [1, None, np.nan])   # row 0: columns 2 and 3 beat column 0, 1 is excluded
     assert r[0] == 2 and np.isnan(r[1:]).all()
-    assert target_ranks(S, [0, 0, 0], [None, None, None])[0] == 3
+    assert rank1(S, [0, 0, 0], [None, None, None])[0] == 3
 
 def test_bootstrap_is_seeded_and_block_size_free():
     r = np.random.default_rng(1).geometric(.3, 500) - 1.
@@ -209,11 +211,39 @@ def test_large_matrix_runs_vectorised():
     S = rng.standard_normal((2000, 5000)).astype(np.float32)
     t = rng.integers(0, 5000, 2000)
     ref = (t + 1) % 5000
-    r = target_ranks(S, t, ref)
+    r = rank1(S, t, ref)
     assert r.shape == (2000,) and np.isfinite(r).all()
+    assert (target_ranks(S, t, ref)[:, 1] == 0).all()                  # float32 noise: no ties
     rows = rng.choice(2000, 20, replace=False)
     np.testing.assert_array_equal(r[rows], _naive(S[rows], t[rows], ref[rows]))
-    np.testing.assert_array_equal(r, target_ranks(S, t, ref, chunk=333))
+    np.testing.assert_array_equal(r, rank1(S, t, ref, chunk=333))
     m = rank_metrics(r)
     assert 0 <= m['R@1'] <= m['R@5'] <= m['R@10'] <= m['R@50'] <= 100
     assert m['ci']['R@50'][0] <= m['R@50'] <= m['ci']['R@50'][1]
+
+
+@pytest.mark.parametrize('seed', SEEDS)
+def test_a_pair_holds_both_one_sided_ranks(seed):
+    S, t, ref = _random_problem(seed, discrete=True)
+    r = target_ranks(S, t, ref)
+    np.testing.assert_array_equal(r[:, 0], rank1(S, t, ref, 'optimistic'))
+    np.testing.assert_array_equal(r[:, 0] + r[:, 1], rank1(S, t, ref, 'pessimistic'))
+
+
+@pytest.mark.parametrize('seed', range(4))
+def test_random_ties_are_the_average_over_random_tie_breaks(seed):
+    "R@K of the pairs against R@K averaged over 400 score matrices whose ties a random jitter broke."
+    S, t, ref = _random_problem(seed, nq=60, ng=30, discrete=True)   # scores 0..4: many ties
+    rng, ks = np.random.default_rng(seed), (1, 2, 5, 10)
+    broken = np.mean([recall_at_k(rank1(S + rng.random(S.shape) * 1e-3, t, ref), ks) for _ in range(400)], 0)
+    np.testing.assert_allclose(recall_at_k(target_ranks(S, t, ref), ks), broken, atol=1.0)
+    p, o = (recall_at_k(rank1(S, t, ref, x), ks) for x in ('pessimistic', 'optimistic'))
+    assert (p <= broken + 1e-9).all() and (broken <= o + 1e-9).all() and (p < o).any()
+
+
+def test_a_list_read_in_any_order_of_its_ties_gives_one_pair():
+    ids, scores = ['a', 'b', 'c', 'd', 'e'], [.9, .5, .5, .5, .1]
+    for order in ([0, 1, 2, 3, 4], [0, 3, 2, 1, 4], [0, 2, 1, 3, 4]):
+        row = {'ids': [ids[i] for i in order], 'scores': [scores[i] for i in order]}
+        assert [list_rank(row, x) for x in 'bcd'] == [[1, 2]] * 3
+    assert hit_at([[1, 2]], 1).tolist() == [0] and hit_at([[1, 2]], 2).tolist() == pytest.approx([1 / 3])

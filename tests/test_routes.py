@@ -67,7 +67,7 @@ def test_a_fused_gallery_ranks_every_query(fusion):
              for r in ('description', 'lexical')}
     g, reps = fuse(dict(fusion=fusion, route_weights={}, gate=0.5, k=3), GALLERY, parts)
     sls, ranks = retrieve(reps, qs, g, k=3)
-    assert ranks == {'q0': 0, 'q1': 0}
+    assert ranks == {'q0': [0, 0], 'q1': [0, 0]}
     assert [s.ids[0] for s in sls] == ['t0', 't1']
     assert np.isfinite(g.scores(reps)).all()
 

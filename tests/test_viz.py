@@ -109,7 +109,7 @@ def test_explorer_static_html_frames_view(tiny):
 def test_explorer_failures_only(toy):
     r = load_run(toy[0])
     ex = explore(r, failures_only=True, static=True)
-    fails = [i for i, k in r.ranks['rerank'].items() if k > 0]
+    fails = [i for i, k in r.ranks['rerank'].items() if sum(k) > 0]     # the target not surely first
     assert fails and ex.qids() == fails and ex.qids(False) == [q.id for q in r.ds]
     assert f'{len(r.ds)} queries, {len(r.ds)} with a target rank, {len(fails)} failures' in ex.html()
 
