@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from .core import DataError, R3Error, read_jsonl
+from .core import DataError, R3Error, escaped, read_jsonl
 from .models import list_presets, load_preset
 from .runfolder import RunFolder
 from .settings import SETTINGS, parse_sets, run_config
@@ -171,4 +171,4 @@ def main(argv=None):
     args = parser().parse_args(argv)
     try: args.fn(args); return 0
     except R3Error as e:
-        print(f'r3covr {args.cmd}: error: {e}', file=sys.stderr); sys.exit(2)
+        print(f'r3covr {args.cmd}: error: {escaped(e)}', file=sys.stderr); sys.exit(2)   # one line, no terminal codes

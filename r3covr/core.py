@@ -9,14 +9,16 @@ import json
 import os
 import re
 import tempfile
+import unicodedata
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable
 
 # %% auto #0
-__all__ = ['SCOPES', 'R3Error', 'DataError', 'VideoError', 'ConfigError', 'ServiceError', 'Video', 'Query', 'check_text',
-           'resolve_inside', 'CoVRDataset', 'atomic_write', 'write_json', 'read_json', 'append_jsonl', 'write_jsonl',
-           'Records', 'read_jsonl', 'stable_hash', 'cache_dir', 'safe_name', 'Markdown', 'markdown_table']
+__all__ = ['SCOPES', 'R3Error', 'DataError', 'VideoError', 'ConfigError', 'ServiceError', 'Video', 'Query', 'escaped',
+           'check_text', 'resolve_inside', 'CoVRDataset', 'atomic_write', 'write_json', 'read_json', 'append_jsonl',
+           'write_jsonl', 'Records', 'read_jsonl', 'stable_hash', 'cache_dir', 'safe_name', 'Markdown',
+           'markdown_table']
 
 # %% ../nbs/00_core.ipynb #c006
 class R3Error(Exception):
@@ -70,6 +72,11 @@ class Query:
         return self.targets[0] if self.targets else None
 
 # %% ../nbs/00_core.ipynb #c015
+def escaped(text) -> str:
+    "`text` with its control characters written as escapes (`\\x1b`, `\\n`): safe to print on one terminal line."
+    return ''.join(c.encode('unicode_escape').decode('ascii') if unicodedata.category(c)[0] == 'C' else c
+                   for c in str(text))
+
 def check_text(text, what:str):
     "Stripped `text`, or a `DataError` naming `what` when it is missing or blank."
     if not isinstance(text, str) or not text.strip(): raise DataError(f'{what}: empty or missing text ({text!r})')
@@ -124,7 +131,8 @@ class CoVRDataset:
 
     def subset(self, n:int|None=None, ids:Iterable|None=None) -> CoVRDataset:
         "The first `n` queries (or those with `ids`), same videos and gallery."
-        qs = self.queries if ids is None else tuple(q for q in self.queries if q.id in set(map(str, ids)))
+        keep = None if ids is None else set(map(str, ids))          # once: ids may be a generator, and many
+        qs = self.queries if keep is None else tuple(q for q in self.queries if q.id in keep)
         return replace(self, queries=tuple(qs[:n] if n is not None else qs))
 
     def __repr__(self):

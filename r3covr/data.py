@@ -13,10 +13,10 @@ from pathlib import Path
 from .core import CoVRDataset, DataError, Query, Video, check_text, read_json, resolve_inside, write_json
 
 # %% auto #0
-__all__ = ['EXTS', 'WEBVID_COLUMNS', 'COVR_R_KEYS', 'CHALLENGE_KEYS', 'SOURCE_OF_EXT', 'ANSWER_KEYS', 'EGOCVR_COLUMNS',
-           'EGOCVR_CLIP_COLUMNS', 'source_of', 'video_id', 'video_path', 'keep_going', 'add_videos', 'warn_conflicts',
-           'csv_rows', 'webvid_row', 'load_webvid_covr', 'json_list', 'check_record', 'covr_r_record', 'load_covr_r',
-           'challenge_groups', 'challenge_query', 'gallery_from_folder', 'load_challenge', 'out_id',
+__all__ = ['EXTS', 'FIELD_LIMIT', 'WEBVID_COLUMNS', 'COVR_R_KEYS', 'CHALLENGE_KEYS', 'SOURCE_OF_EXT', 'ANSWER_KEYS',
+           'EGOCVR_COLUMNS', 'EGOCVR_CLIP_COLUMNS', 'source_of', 'video_id', 'video_path', 'keep_going', 'add_videos',
+           'warn_conflicts', 'csv_rows', 'webvid_row', 'load_webvid_covr', 'json_list', 'check_record', 'covr_r_record',
+           'load_covr_r', 'challenge_groups', 'challenge_query', 'gallery_from_folder', 'load_challenge', 'out_id',
            'submission_record', 'write_submission', 'Submission', 'load_submission', 'id_list', 'egocvr_clip',
            'egocvr_clips', 'egocvr_row', 'load_egocvr']
 
@@ -83,12 +83,15 @@ def _bad_utf8_line(path) -> int:
         except UnicodeDecodeError: return i
     return 0
 
+FIELD_LIMIT = 1 << 26      # characters in one CSV field (Python's default, 131,072, rejects a file for one long field)
+
 def csv_rows(path, required:tuple,
              multiline:bool=False):   # quoted fields may hold line breaks (else such a row is an unclosed quote)
     "Yield `(index, line, row)` of CSV `path`, after checking its header has the `required` columns."
     path = Path(path)
     if not path.is_file(): raise DataError(f'{path}: annotation file not found')
     with open(path, newline='', encoding='utf-8') as f:
+        if csv.field_size_limit() < FIELD_LIMIT: csv.field_size_limit(FIELD_LIMIT)
         reader = csv.DictReader(f, strict=True)
         try:
             missing = [c for c in required if c not in (reader.fieldnames or [])]

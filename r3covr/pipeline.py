@@ -9,11 +9,13 @@ import time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 import numpy as np
-from .core import CoVRDataset, DataError, Video, cache_dir, read_json, stable_hash
+from .core import (CoVRDataset, DataError, R3Error, Video, append_jsonl, cache_dir, read_json, read_jsonl,
+                         stable_hash)
 from .models import Models
 from .lm import video_part
 from .reason import CLEANER, describe_raw, fit_to_window, generate_raw, provided_descriptions
-from .retrieve import Gallery, Shortlist, embed_gallery, gallery_key, retrieve as search_gallery
+from .retrieve import Gallery, Shortlist, embed_gallery, gallery_key, retrieve as search_gallery, video_signature
+from .prompts import CAPTION_VERSION, caption_prompt
 from .routes import BASELINES, fuse, route_gallery, route_rows, route_texts
 from .rerank import (below_judged, judge, judge_value, likelihood_scores, pair_scores, reorder, reranked_rank,
                            tournament)
@@ -23,9 +25,9 @@ from .settings import STAGE_KEYS, key_inputs, result_fields, run_config
 
 # %% auto #0
 __all__ = ['load_dataset', 'dataset_of', 'RunDataset', 'dataset_fingerprint', 'cut_texts', 'is_cut', 'run_dataset', 'stage_keys',
-           'keys_changed', 'part', 'reason', 'Later', 'embed', 'text_vectors', 'search_texts', 'search_reps',
-           'Retrieved', 'retrieve', 'needs_descriptions', 'best_rank', 'best_reranked_rank', 'Reranked', 'rerank',
-           'row_names', 'evaluate', 'start_run', 'run', 'ranking_rank']
+           'keys_changed', 'part', 'write_captions', 'reason', 'Later', 'embed', 'text_vectors', 'search_texts',
+           'search_reps', 'Retrieved', 'retrieve', 'needs_descriptions', 'best_rank', 'best_reranked_rank', 'Reranked',
+           'rerank', 'row_names', 'evaluate', 'start_run', 'run', 'ranking_rank']
 
 # %% ../nbs/08_pipeline.ipynb #7b20c005
 def _is_challenge(obj) -> bool:
@@ -171,6 +173,36 @@ def part(cfg:dict, ds:CoVRDataset):
         if vid not in ds.videos: raise DataError(f'video {vid!r} is not in dataset {ds.name}')
         return video_part(ds.videos[vid], cfg['view'], **cfg['frames'])
     return show
+
+# %% ../nbs/08_pipeline.ipynb #c016d
+def _sentence(text:str) -> str:
+    "The first line of a generated caption, without a leading label or quotes, on one line."
+    line = next((x for x in str(text).splitlines() if x.strip()), '')
+    return ' '.join(line.split()).removeprefix('Caption:').strip().strip('"').strip()
+
+def write_captions(cfg:dict, ds:CoVRDataset, models:Models, folder:RunFolder|None=None) -> CoVRDataset:
+    "`ds` with a VLM-written caption for each reference and gallery video that has none (`captions='vlm'`; cached)."
+    if cfg.get('captions', 'dataset') != 'vlm': return ds
+    need = [v for v in dict.fromkeys([*ds.gallery, *(q.reference for q in ds)])
+            if v in ds.videos and not ds.videos[v].caption]
+    if not need: return ds
+    key = stable_hash([models.weights('vlm'), CAPTION_VERSION, cfg['frames']], 16)     # keyed like the gallery
+    store = cache_dir('captions', key)/'captions.jsonl'
+    known = {r['id']: r for r in read_jsonl(store)} if store.exists() else {}
+    sig = {v: video_signature(ds.videos[v], 'frames') for v in need}
+    todo, failed = [v for v in need if known.get(v, {}).get('sig') != sig[v]], []
+    for s in range(0, len(todo), cfg['batch_size']):
+        parts = []
+        for v in todo[s:s + cfg['batch_size']]:
+            try: parts.append((v, video_part(ds.videos[v], 'frames', **cfg['frames'])))
+            except R3Error as e: failed.append((v, str(e)))
+        if not parts: continue
+        texts = models.vlm.generate([caption_prompt(p) for _, p in parts], max_new_tokens=48)
+        recs = [dict(id=v, sig=sig[v], caption=_sentence(t)) for (v, _), t in zip(parts, texts)]
+        append_jsonl(store, *recs); known.update({r['id']: r for r in recs})
+    if folder is not None: folder.record_errors('captions', failed)
+    caps = {v: known[v]['caption'] for v in need if known.get(v, {}).get('sig') == sig[v] and known[v]['caption']}
+    return replace(ds, videos={v: replace(x, caption=caps[v]) if v in caps else x for v, x in ds.videos.items()})
 
 # %% ../nbs/08_pipeline.ipynb #c020
 def reason(cfg:dict, ds:CoVRDataset, models:Models, folder:RunFolder) -> dict:
@@ -400,7 +432,7 @@ def run(folder, ds:CoVRDataset|None=None, models:Models|None=None, **settings) -
     ds = dataset_of(cfg) if ds is None else ds
     models, folder = models or Models(cfg), RunFolder(folder)
     with folder.locked():
-        ds = start_run(cfg, ds, models, folder)
+        ds = write_captions(cfg, start_run(cfg, ds, models, folder), models, folder)
         t, times = time.time(), {}
         def lap(name):
             nonlocal t; times[name] = time.time() - t; t = time.time()

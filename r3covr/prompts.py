@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from .lm import Chat, VideoPart
 
 # %% auto #0
-__all__ = ['PROMPTS', 'JUDGE_VERSION', 'JUDGE_SYSTEM', 'PAIR_VERSION', 'PAIR_SYSTEM', 'LIKELIHOOD_VERSION', 'PromptTemplate',
-           'word_budget', 'judge_prompt', 'pair_prompt', 'likelihood_prompts']
+__all__ = ['PROMPTS', 'JUDGE_VERSION', 'JUDGE_SYSTEM', 'PAIR_VERSION', 'PAIR_SYSTEM', 'LIKELIHOOD_VERSION', 'CAPTION_VERSION',
+           'PromptTemplate', 'word_budget', 'judge_prompt', 'pair_prompt', 'likelihood_prompts', 'caption_prompt']
 
 # %% ../nbs/03f_prompts.ipynb #p006
 @dataclass(frozen=True)
@@ -96,3 +96,12 @@ def likelihood_prompts(edit:str, reference:VideoPart) -> tuple:
     keep = Chat(('Video caption: ', reference, '\nRewrite the caption so that it describes the video. Reply with the '
                  'new caption only.\nNew caption:'), system=rewrite.system)
     return rewrite.chat(reference, edit=edit), keep
+
+# %% ../nbs/03f_prompts.ipynb #p023d
+CAPTION_VERSION = 'caption@1'   # bump when the wording below changes: cached captions are keyed by it
+
+def caption_prompt(video:VideoPart, words:int=20) -> Chat:
+    "Ask for one plain sentence of at most `words` words saying what happens in `video`."
+    return Chat(('Video: ', video, f'\nWrite one plain sentence of at most {words} words saying who does what, with '
+                 'which objects, and where. Reply with the sentence only.\nCaption:'),
+                system='You write short, concrete captions of videos for a text-to-video search engine.')

@@ -6,6 +6,7 @@
 from __future__ import annotations
 import io
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
@@ -28,12 +29,12 @@ def pad_frames(sets:list) -> np.ndarray:
     return out
 
 def video_signature(v:Video, view:str) -> str:
-    "What a video's embedding depends on besides the encoder: its caption, or its file's path, size and mtime."
+    "What a video's embedding depends on besides the encoder: its caption, or its file's path, size, times and inode."
     if view == 'caption': return 'caption:' + stable_hash(v.caption, 16)
     if v.path is None: return 'no-file'
     try: st = os.stat(v.path)
     except OSError: return f'missing:{Path(v.path).resolve()}'
-    return f'file:{Path(v.path).resolve()}:{st.st_size}:{st.st_mtime_ns}'
+    return f'file:{Path(v.path).resolve()}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}'   # cp -p: ctime
 
 # %% ../nbs/05_retrieve.ipynb #4e2b7c01
 def _embed(videos:list, encoder:Encoder, view:str, frames:dict, per_frame:bool=False) -> tuple:
@@ -51,11 +52,13 @@ def _embed(videos:list, encoder:Encoder, view:str, frames:dict, per_frame:bool=F
     return {p.video_id: e for p, e in zip(parts, emb)}, errors
 
 def _read_chunk(f:Path) -> tuple:
-    "({id: embedding}, {id: error}, signatures) of a cached chunk file (frame vectors without their padding)."
-    with np.load(f, allow_pickle=False) as z:
-        emb, ids = z['emb'], list(z['ids'])
-        vecs = {i: (e[np.abs(e).sum(-1) > 0] if e.ndim == 2 else e) for i, e in zip(ids, emb)}
-        return vecs, dict(z['errors'].reshape(-1, 2).tolist()), list(z['sigs'])
+    "({id: embedding}, {id: error}, signatures) of a cached chunk file; a torn or foreign file reads as empty."
+    try:
+        with np.load(f, allow_pickle=False) as z:
+            emb, ids = z['emb'], list(z['ids'])
+            vecs = {i: (e[np.abs(e).sum(-1) > 0] if e.ndim == 2 else e) for i, e in zip(ids, emb)}   # no padding
+            return vecs, dict(z['errors'].reshape(-1, 2).tolist()), list(z['sigs'])
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile): return {}, {}, None   # embedded again
 
 def _save_chunk(f:Path, vecs:dict, errors:dict, sigs:list, per_frame:bool):
     vals = list(vecs.values())

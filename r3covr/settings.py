@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from .core import ConfigError
 from .models import VLM, backend_class, load_preset, merge
-from .prompts import PROMPTS, JUDGE_VERSION, PAIR_VERSION, LIKELIHOOD_VERSION
+from .prompts import PROMPTS, CAPTION_VERSION, JUDGE_VERSION, PAIR_VERSION, LIKELIHOOD_VERSION
 from .reason import STRATEGIES, description_source, source_identity
 from .retrieve import INDEXES, INDEX_VERSION
 from .routes import ROUTES, FUSIONS
@@ -171,6 +171,11 @@ SETTINGS = {s: Setting(*v) for s, v in dict(
     index=('flat', choice(*INDEXES), 'retrieve',
            'top-K index: exact flat, or approximate ivfpq / ivf / hnsw for huge galleries',
            lambda c: c['index'] if c['index'] == 'flat' else [c['index'], INDEX_VERSION]),
+    captions=('dataset', choice('dataset', 'vlm'), 'retrieve',
+              "videos' captions: those the dataset ships, or (vlm) one the VLM writes from the frames of each "
+              'reference and gallery video that has none, cached with the gallery (for the lexical route and the '
+              'likelihood reranker in the frames view)',
+              lambda c: None if c['captions'] == 'dataset' else [c['captions'], CAPTION_VERSION]),
     pooling=('mean', choice('mean', 'query'), 'retrieve',
              "a video's frames as one vector (mean) or weighted by the query (query)"),
     pool_temperature=(0.05, number(0, above=True), 'retrieve', 'softmax temperature of query-weighted pooling',

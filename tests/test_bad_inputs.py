@@ -190,3 +190,10 @@ def test_cli_argument_errors_are_one_line(argv, names, cache, tmp_path):
     (tmp_path/'noids.jsonl').write_text('{"id": "q0"}\n')
     one_line_error(r3covr(*argv, cache=cache, cwd=tmp_path), *names)
     assert not (tmp_path/'runs').exists()                  # refused before any run folder was made
+
+
+def test_control_characters_in_an_error_are_escaped(cache, tmp_path):
+    "A terminal escape in a name reaches the error as text ('\\x1b[31m'), so it cannot recolour or rewrite the screen."
+    p = r3covr('run', '--dataset', str(tmp_path/'red\x1b[31mfile\rx.csv'), '--preset', 'toy', cache=cache)
+    one_line_error(p, 'red\\x1b[31mfile\\rx.csv')
+    assert '\x1b' not in p.stderr and '\r' not in p.stderr

@@ -161,3 +161,27 @@ def test_tiny_frames_path_every_route_fusion_and_rerank_mode(case, cache, tmp_pa
 
         else: assert len(j['scores']) == 4 and len(set(j['scores'])) > 1
     assert len(read_jsonl(tmp_path/'run'/'rankings.jsonl')) == 4
+
+
+def test_frames_view_without_captions_gets_them_from_the_vlm(cache, tmp_path, monkeypatch):
+    "captions='vlm': the VLM writes one caption per reference and gallery video, once; lexical and rerank read them."
+    monkeypatch.setenv('R3COVR_CACHE', str(tmp_path/'cache'))
+    from dataclasses import replace
+    from r3covr.core import ConfigError
+    from r3covr.models import Models
+    from r3covr.pipeline import dataset_of, run
+    from r3covr.settings import run_config
+    s = dict(preset='tiny', n=4, batch_size=2, k=8, rerank_k=4, routes=['direct', 'lexical'], rerank_mode='likelihood')
+    ds = dataset_of(run_config(**s))
+    bare = replace(ds, videos={v: replace(x, caption=None) for v, x in ds.videos.items()})
+    with pytest.raises(ConfigError, match='lexical needs a caption'): run(tmp_path/'none', bare, **s)
+    models, calls = Models(run_config(**s, captions='vlm')), []
+    generate = models.vlm.generate
+    models.vlm.generate = lambda prompts, **kw: calls.append(len(prompts)) or generate(prompts, **kw)
+    res = run(tmp_path/'vlm', bare, models, **s, captions='vlm')
+    assert res['n_scored'] == 4 and res['n_errors'] == 0 and {'lexical', 'fusion', 'rerank'} <= set(res['rows'])
+    recs = read_jsonl(next((tmp_path/'cache'/'captions').glob('*/captions.jsonl')))
+    assert {r['id'] for r in recs} == set(bare.gallery) | {q.reference for q in bare}
+    assert all(r['caption'] and '\n' not in r['caption'] for r in recs) and sum(calls) == len(recs)
+    run(tmp_path/'again', bare, models, **s, captions='vlm')
+    assert sum(calls) == len(recs)                                   # cached with the gallery: nothing asked again
