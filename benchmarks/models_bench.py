@@ -95,6 +95,40 @@ def bench_likelihood(ds, a, per_call:int=32) -> list:
     return [record('likelihood', what, 'batches in query order (before)', 'prompts and answers grouped by length',
                    to, tg, f'max |dlogP| {np.abs(lo - lg).max():.1e}')]
 
+def long_captions(ds, n:int, tokens:int=100, seed:int=0) -> dict:
+    "Gallery id -> a ~`tokens`-token caption made of its own caption and others' (dense captions, constructed)."
+    rng, caps = np.random.default_rng(seed), [ds.videos[g].caption for g in ds.gallery]
+    out = {}
+    for g in ds.gallery:
+        text = ds.videos[g].caption
+        while len(text.split()) < tokens * 0.75: text += ' ' + caps[rng.integers(len(caps))]   # ~0.75 words a token
+        out[g] = text
+    return out
+
+def bench_caption_length(ds, a, per_call:int=32) -> list:
+    "The likelihood reranker per query: ~100-token candidate captions against the dataset's own (~15 tokens)."
+    from dataclasses import replace
+    from r3covr.models import create_vlm
+    from r3covr.pipeline import load_dataset
+    if DEV500.exists(): ds = load_dataset(str(DEV500))
+    long = long_captions(ds, a.n_like)
+    dense = replace(ds, videos={v: replace(x, caption=long.get(v, x.caption)) for v, x in ds.videos.items()})
+    vlm = create_vlm('cpu'); vlm.batch_size = 64
+    def way(d):
+        qs = likelihood_inputs(d, a.n_like)
+        calls = [(sum((p for p, _ in qs[s:s + per_call]), []), sum((t for _, t in qs[s:s + per_call]), []))
+                 for s in range(0, len(qs), per_call)]
+        return lambda: np.concatenate([vlm.continuation_logprobs(p, t) for p, t in calls])
+    count = lambda d: np.mean([len(vlm.tok(d.videos[g].caption)['input_ids']) for g in list(d.gallery)[:200]])
+    short_n, long_n = count(ds), count(dense)
+    vlm.continuation_logprobs(*[x[:2] for x in likelihood_inputs(ds, 1)[0]])     # warm-up
+    r = interleaved({'long': way(dense), 'short': way(ds)}, reps(a, 1))
+    (tl, _), (ts, _) = r['long'], r['short']
+    what = f'likelihood rerank, {a.n_like} {ds.name} queries x 5 candidates x 2 prompts: cost of the caption length'
+    return [record('caption-length', what, f'candidate captions ~{long_n:.0f} tokens (constructed)',
+                   f'the dataset\'s captions, ~{short_n:.0f} tokens', tl, ts,
+                   f'a ~{long_n:.0f}-token query costs {tl / ts:.2f}x a ~{short_n:.0f}-token one (goal: <= 2x)')]
+
 # ---------------------------------------------------------------- judge
 
 def bench_judge(ds, a) -> list:
@@ -297,5 +331,6 @@ def bench_load(ds, a) -> list:
     return [record('load', 'SmolLM2 model load', 'dequantise GGUF', 'cached safetensors', td, tc,
                    f'max |dweight| {diff:.1e}')]
 
-ROWS = dict(judge=bench_judge, likelihood=bench_likelihood, generate=bench_generate, encode=bench_encode,
-            frames=bench_frames, clean=bench_clean, load=bench_load)
+ROWS = {'judge': bench_judge, 'likelihood': bench_likelihood, 'caption-length': bench_caption_length,
+        'generate': bench_generate, 'encode': bench_encode, 'frames': bench_frames, 'clean': bench_clean,
+        'load': bench_load}

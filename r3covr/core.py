@@ -179,6 +179,9 @@ def _line(record) -> bytes: return (json.dumps(record, ensure_ascii=True, defaul
 def _cut_torn_tail(f):
     "Truncate an open binary file just after its last newline: a torn last line is dropped."
     end = pos = f.seek(0, os.SEEK_END)
+    if end:
+        f.seek(end - 1)
+        if f.read(1) == b'\n': return                 # the usual case: whole, one byte read per append
     while pos > 0:
         start = max(0, pos - 65536); f.seek(start); block = f.read(pos - start)
         if (i := block.rfind(b'\n')) >= 0:

@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import numpy as np
 from fastcore.basics import patch
-from .core import ConfigError, R3Error, ServiceError
+from .core import ConfigError, R3Error, ServiceError, escaped
 from .lm import ANSWER_SPELLINGS, Chat, VideoPart, chat_messages
 from .models import VLM, load_preset
 from .weights import Weights, gguf_in, resolve_weights
@@ -173,6 +173,11 @@ def exchange(url:str, method:str, data:bytes|None, headers:dict, deadline:float,
 # %% ../nbs/03e_served.ipynb #s017h
 def _no_constant(c): raise ValueError(f'{c} is not a finite number')
 
+def _host(url) -> str:
+    "scheme://host:port of `url`, printable (an error names where a redirect pointed, nothing more of it)."
+    scheme, host, port = origin(url)
+    return escaped(f'{scheme}://{host}:{port}')
+
 def _fetch(url, method, data, headers, deadline, max_bytes, timeout) -> tuple:
     "`exchange`, with socket faults as `Retryable`: a timeout, a dropped connection."
     try: return exchange(url, method, data, headers, deadline, max_bytes)
@@ -192,6 +197,9 @@ def _call(url, body, key, timeout, max_bytes) -> dict:
         if status not in (301, 302, 303, 307, 308) or not headers.get('Location'): break
         url = urllib.parse.urljoin(url, headers['Location'])
         if status in (301, 302, 303): method, data = 'GET', None                   # 307 and 308 keep the POST
+        elif data is not None and origin(url) != home:         # ... and its body: prompts, frames, captions
+            raise ServiceError(f'{first} redirected its request (HTTP {status}) to another server, '
+                               f'{_host(url)}: r3covr sends prompts only to the server it was given')
     else: raise ServiceError(f'{first} redirected more than {MAX_REDIRECTS} times')
     if status >= 300:
         msg = f'{first} answered HTTP {status}: {_first_line(raw)}'

@@ -203,6 +203,12 @@ DEFAULTS = {k: s.default for k, s in SETTINGS.items()}
 # %% ../nbs/07b_settings.ipynb #s012
 FRAMES = dict(n=integer(1), size=integer(1, none=True))
 
+def _not_finite(v, at:str):
+    "'path=value' of the first number in `v` (nested sections and lists) that is not finite, else None."
+    if isinstance(v, float) and not math.isfinite(v): return f'{at}={v!r}'
+    items = v.items() if isinstance(v, dict) else enumerate(v) if isinstance(v, (list, tuple)) else ()
+    return next((p for k, x in items if (p := _not_finite(x, f'{at}.{k}'))), None)
+
 def check_section(role:str, section) -> dict:
     "A preset section checked: `frames` fields, or a model's backend and the fields its constructor takes."
     if not isinstance(section, dict):
@@ -211,9 +217,8 @@ def check_section(role:str, section) -> dict:
         bad = set(section) - set(FRAMES)
         if bad: raise ConfigError(f'setting frames.{sorted(bad)[0]}: not a frames field (known: {", ".join(FRAMES)})')
         return {k: FRAMES[k](f'frames.{k}', v) for k, v in section.items()}
-    for k, v in section.items():
-        if isinstance(v, float) and not math.isfinite(v):
-            raise ConfigError(f'setting {role}.{k}={v!r}: expected a finite number')
+    if (at := _not_finite(section, role)):                   # at any depth: a field may hold a section or a list
+        raise ConfigError(f'setting {at}: expected a finite number')
     params = inspect.signature(backend_class(role, section).__init__).parameters
     if any(p.kind == p.VAR_KEYWORD for p in params.values()): return section
     bad = sorted(set(section) - {'backend'} - set(params))

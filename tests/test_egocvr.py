@@ -168,3 +168,15 @@ def test_real_dev_files():
     assert (len(odd), len(odd.gallery)) == (550, 10666)
     local = [len(ds.gallery_for(q, scope='local')) for q in ds]
     assert min(local) >= 1 and 10 < np.mean(local) < 60
+
+
+def test_the_cpu_egocvr_preset_runs_its_recipe(tmp_path):
+    "The named EgoCVR recipe: three routes (the shipped descriptions among them) fused, the top 3 reranked."
+    from r3covr.pipeline import run
+    ann = egocvr(tmp_path/'ego')
+    res = run(tmp_path/'run', preset='cpu-egocvr', dataset=str(ann), k=8)
+    assert res['n_scored'] == 6 and res['n_errors'] == 0
+    assert {'direct', 'edit', 'description', 'fusion', 'rerank'} <= set(res['rows'])
+    assert res['rows']['description'].startswith('provided descriptions (column modified_captions)')
+    cfg = json.loads((tmp_path/'run'/'config.json').read_text())
+    assert (cfg['rerank_k'], cfg['weight'], cfg['rerank_mode']) == (3, 0.1, 'likelihood')

@@ -320,16 +320,28 @@ def test_no_key_in_clear_text_cli_one_line(tmp_path):
     assert 'set vlm.allow_insecure_key=true' in last_line(err), last_line(err)
 
 
-@pytest.mark.parametrize('status', [302, 307])
-def test_key_dropped_on_a_redirect_to_another_origin(monkeypatch, status):
-    "A redirect to another port: followed (307 keeps the POST), without the key."
+def test_key_dropped_on_a_redirect_to_another_origin(monkeypatch):
+    "A 302 to another port: followed, as a GET, without the key."
     monkeypatch.setenv('R3COVR_API_KEY', KEY)
     with StubServer(completion) as there:
-        moved = lambda path, body: (status, {}, {'Location': there.url + '/chat/completions'})
+        moved = lambda path, body: (302, {}, {'Location': there.url + '/chat/completions'})
         with StubServer(moved) as here:
             texts = OpenAIVLM(base_url=here.url, api_key_env='R3COVR_API_KEY').generate([judge_chat()])
     assert texts == ['a red car on a wet road']
     assert auth(here) == [f'Bearer {KEY}'] * 2 and auth(there) == [None]
+
+
+@pytest.mark.parametrize('status', [307, 308])
+def test_a_redirect_that_would_carry_the_prompt_elsewhere_is_refused(monkeypatch, status):
+    "307 and 308 keep the POST and its body (the prompt, frames): to another origin, refused in one line."
+    monkeypatch.setenv('R3COVR_API_KEY', KEY)
+    with StubServer(completion) as there:
+        moved = lambda path, body: (status, {}, {'Location': there.url + '/chat/completions'})
+        with StubServer(moved) as here:
+            with pytest.raises(ServiceError) as e:
+                OpenAIVLM(base_url=here.url, api_key_env='R3COVR_API_KEY').generate([judge_chat()])
+    assert f'(HTTP {status}) to another server, http://127.0.0.1:' in str(e.value) and KEY not in str(e.value)
+    assert there.requests == []
 
 
 def test_key_kept_on_a_redirect_within_its_origin(monkeypatch):
