@@ -197,3 +197,21 @@ def test_control_characters_in_an_error_are_escaped(cache, tmp_path):
     p = r3covr('run', '--dataset', str(tmp_path/'red\x1b[31mfile\rx.csv'), '--preset', 'toy', cache=cache)
     one_line_error(p, 'red\\x1b[31mfile\\rx.csv')
     assert '\x1b' not in p.stderr and '\r' not in p.stderr
+
+
+def test_a_path_like_query_id_that_gets_in_still_names_its_figure_inside(cache, tmp_path, monkeypatch):
+    "Loaders refuse path-like ids; one given through the API reaches `safe_name` and its figure stays in figures/."
+    monkeypatch.setenv('R3COVR_CACHE', str(cache))
+    from dataclasses import replace
+    from r3covr.pipeline import dataset_of, run
+    from r3covr.settings import run_config
+    from r3covr.viz import RunView, save_run_figures
+    ds = dataset_of(run_config(preset='toy', n=3))
+    evil = ['../../../../x/PWNED', '/tmp/PWNED', 'a\x00b/../PWNED']
+    ds = replace(ds, queries=tuple(replace(q, id=i) for q, i in zip(ds.queries, evil)))
+    run(tmp_path/'run', ds, preset='toy', k=5, rerank_k=2)
+    paths = save_run_figures(RunView(tmp_path/'run', ds=ds))
+    figures = (tmp_path/'run'/'figures').resolve()
+    assert any(p.name.startswith('query-') for p in paths)
+    assert all(p.resolve().parent == figures for p in paths) and not Path('/x/PWNED.png').exists()
+    assert not any(f.name.startswith('PWNED') for f in Path('/tmp').iterdir())

@@ -151,3 +151,28 @@ def test_changed_video_is_embedded_again(cache, tmp_path, monkeypatch):
     gone.rename(vids[2].path)                                                       # restored: embedded again
     ids4, back, errs4 = embed_gallery(vids, enc, 'frames', {'n': 4, 'size': 64}, store, chunk=4)
     assert ids4 == ids and errs4 == [] and np.allclose(back, after, atol=1e-5)
+
+
+def test_a_video_replaced_with_its_size_and_mtime_kept_is_embedded_again(cache, tmp_path, monkeypatch):
+    "cp -p / rsync -t: another video of the same size, its modification time put back; ctime and inode tell."
+    from collections import defaultdict
+    from r3covr.models import create_encoder
+    from r3covr.retrieve import embed_gallery
+    from r3covr.synthetic import make_synthetic
+    monkeypatch.setenv('R3COVR_CACHE', str(cache))
+    syn = make_synthetic(n_queries=200)
+    by_size = defaultdict(list)
+    for v in syn.gallery: by_size[os.path.getsize(syn.videos[v].path)].append(syn.videos[v])
+    a, b = next(vs for vs in by_size.values() if len(vs) > 1 and
+                Path(vs[0].path).read_bytes() != Path(vs[1].path).read_bytes())[:2]
+    mine = type(a)(a.id, tmp_path/'clip.mp4', a.caption, a.source)
+    shutil.copy(a.path, mine.path)
+    enc, store, frames = create_encoder('tiny'), tmp_path/'cache', {'n': 4, 'size': 64}
+    before = embed_gallery([mine], enc, 'frames', frames, store)[1]
+    st = os.stat(mine.path)
+    time.sleep(0.01); (tmp_path/'new.mp4').write_bytes(Path(b.path).read_bytes())
+    os.replace(tmp_path/'new.mp4', mine.path); os.utime(mine.path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (os.stat(mine.path).st_size, os.stat(mine.path).st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    after = embed_gallery([mine], enc, 'frames', frames, store)[1]
+    fresh = embed_gallery([mine], enc, 'frames', frames, None)[1]
+    assert np.abs(after - before).max() > 1e-3 and np.allclose(after, fresh, atol=1e-5)
