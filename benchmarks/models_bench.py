@@ -95,7 +95,7 @@ def bench_likelihood(ds, a, per_call:int=32) -> list:
     return [record('likelihood', what, 'batches in query order (before)', 'prompts and answers grouped by length',
                    to, tg, f'max |dlogP| {np.abs(lo - lg).max():.1e}')]
 
-def long_captions(ds, n:int, tokens:int=100, seed:int=0) -> dict:
+def long_captions(ds, tokens:int=100, seed:int=0) -> dict:
     "Gallery id -> a ~`tokens`-token caption made of its own caption and others' (dense captions, constructed)."
     rng, caps = np.random.default_rng(seed), [ds.videos[g].caption for g in ds.gallery]
     out = {}
@@ -111,7 +111,7 @@ def bench_caption_length(ds, a, per_call:int=32) -> list:
     from r3covr.models import create_vlm
     from r3covr.pipeline import load_dataset
     if DEV500.exists(): ds = load_dataset(str(DEV500))
-    long = long_captions(ds, a.n_like)
+    long = long_captions(ds)
     dense = replace(ds, videos={v: replace(x, caption=long.get(v, x.caption)) for v, x in ds.videos.items()})
     vlm = create_vlm('cpu'); vlm.batch_size = 64
     def way(d):

@@ -12,8 +12,8 @@ from .prompts import judge_prompt, pair_prompt, likelihood_prompts
 from .retrieve import Shortlist
 
 # %% auto #0
-__all__ = ['RERANK_MODES', 'JUDGE_SCORES', 'minmax', 'blend', 'judge', 'reorder', 'below_judged', 'reranked_rank', 'judge_value',
-           'preference', 'tournament', 'pair_scores', 'likelihood_scores']
+__all__ = ['RERANK_MODES', 'JUDGE_SCORES', 'minmax', 'blend', 'judge', 'reorder', 'below_judged', 'reranked_rank',
+           'judge_value', 'preference', 'tournament', 'pair_scores', 'likelihood_scores']
 
 # %% ../nbs/06_rerank.ipynb #c010
 def minmax(x:np.ndarray) -> np.ndarray:

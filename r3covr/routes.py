@@ -14,8 +14,8 @@ from .reason import baseline_text, source_label
 from .retrieve import Gallery, ScanIndex
 
 # %% auto #0
-__all__ = ['ROUTES', 'BASELINES', 'ROW_NAMES', 'FUSIONS', 'words', 'BM25', 'moments', 'Queries', 'Fused', 'RRF', 'gated_blend',
-           'route_rows', 'route_texts', 'reference_vectors', 'lexical_route', 'route_gallery', 'fuse']
+__all__ = ['ROUTES', 'BASELINES', 'ROW_NAMES', 'FUSIONS', 'words', 'BM25', 'moments', 'Queries', 'Fused', 'RRF',
+           'gated_blend', 'route_rows', 'route_texts', 'reference_vectors', 'lexical_route', 'route_gallery', 'fuse']
 
 # %% ../nbs/05a_routes.ipynb #r006
 def words(text:str) -> list:
