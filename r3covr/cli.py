@@ -129,7 +129,8 @@ def _data_args(s, keys:str):
                    help='synthetic | WebVid-CoVR .csv | CoVR-R .json | challenge .json')
     s.add_argument('--root', help='folder of the video files (frames view)')
     s.add_argument('--gallery', help='challenge files: folder of candidate videos (default: the referenced ones)')
-    s.add_argument('--n', type=int, help='only the first N queries')
+    s.add_argument('--n', type=int,
+                   help="only the first N queries (WebVid-CoVR reads every row: its gallery is all rows' targets)")
     s.add_argument('--preset', default='cpu', help=f'one of {list_presets()} or a preset .json')
     s.add_argument('--out', help='run folder (default runs/<dataset>-<preset>)')
     s.add_argument('--set', nargs='*', default=[], metavar='KEY=VALUE',

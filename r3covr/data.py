@@ -123,19 +123,22 @@ def webvid_row(i:int, row:dict, root=None, what:str='') -> tuple:
     return Query(str(i), ref, edit, tgt, 'webvid', extra=extra), vids
 
 # %% ../nbs/02_data.ipynb #c030
-def load_webvid_covr(csv_path, root=None, on_error:str='raise', gallery:str='targets') -> CoVRDataset:
+def load_webvid_covr(csv_path, root=None, on_error:str='raise', gallery:str='targets',
+                     n:int|None=None) -> CoVRDataset:   # keep the first n queries; later rows feed the gallery only
     "WebVid-CoVR triplets from `csv_path`; the gallery is the target videos (`'targets'`, the benchmark's) or `'all'`."
     if gallery not in ('targets', 'all'): raise ValueError(f"gallery must be 'targets' or 'all', not {gallery!r}")
-    queries, videos, skipped, conflicts = [], {}, [], []
+    queries, videos, gal, skipped, conflicts = [], {}, {}, [], []
     for i, line, row in csv_rows(csv_path, WEBVID_COLUMNS):
         what = f'{csv_path}: row {i} (line {line})'
         r = keep_going(lambda: webvid_row(i, row, root, what), f'row {i}', skipped, on_error)
         if r is None: continue
-        queries.append(r[0]); add_videos(videos, r[1], conflicts)
+        q, vids = r
+        if n is None or len(queries) < n: queries.append(q)
+        elif gallery == 'targets': vids = vids[1:]         # past n: only what the gallery needs is kept
+        add_videos(videos, vids, conflicts); gal.update(dict.fromkeys(q.targets))
     warn_conflicts(conflicts, csv_path)
-    gal = videos if gallery == 'all' else dict.fromkeys(t for q in queries for t in q.targets)
-    return CoVRDataset(f'webvid-covr:{Path(csv_path).stem}', tuple(queries), videos, tuple(gal),
-                       Path(root) if root else None, tuple(skipped))
+    return CoVRDataset(f'webvid-covr:{Path(csv_path).stem}', tuple(queries), videos,
+                       tuple(videos if gallery == 'all' else gal), Path(root) if root else None, tuple(skipped))
 
 # %% ../nbs/02_data.ipynb #c041
 def json_list(path) -> list:
@@ -228,7 +231,8 @@ def gallery_from_folder(root, exts=('.mp4', '.webm'), source:str|None=None, skip
     return vids
 
 # %% ../nbs/02_data.ipynb #c058
-def load_challenge(json_path, root=None, gallery_root=None, on_error:str='raise') -> CoVRDataset:
+def load_challenge(json_path, root=None, gallery_root=None, on_error:str='raise',
+                   n:int|None=None) -> CoVRDataset:   # keep the first n queries (and, galleryless, the rest's videos)
     "Challenge queries (`[{source: [queries]}, ...]`); the gallery: `gallery_root`'s videos, else the referenced ones."
     queries, videos, skipped, seen = [], {}, [], set()
     def parse(source, rec, what):
@@ -236,9 +240,12 @@ def load_challenge(json_path, root=None, gallery_root=None, on_error:str='raise'
         if q.id in seen: raise DataError(f'{what}: duplicate query id {q.id!r}')
         return q, vids
     for source, i, rec, what in challenge_groups(json_path):
+        full = n is not None and len(queries) >= n
+        if full and gallery_root is not None: break          # the gallery is the folder's: nothing more to read
         r = keep_going(lambda: parse(source, rec, what), f'{source}[{i}]', skipped, on_error)
         if r is None: continue
-        seen.add(r[0].id); queries.append(r[0]); add_videos(videos, r[1], [])
+        seen.add(r[0].id); add_videos(videos, r[1], [])
+        if not full: queries.append(r[0])
     gal = dict.fromkeys(videos)
     if gallery_root is not None:
         roots = gallery_root if isinstance(gallery_root, dict) else {None: gallery_root}
@@ -337,7 +344,8 @@ def egocvr_row(i:int, row:dict, clips:dict, what:str='') -> Query:
     return Query(str(i), ref, edit, tgts, 'egocvr', extra=extra)
 
 # %% ../nbs/02_data.ipynb #e007
-def load_egocvr(annotations_csv, clips_csv=None, on_error:str='raise') -> CoVRDataset:
+def load_egocvr(annotations_csv, clips_csv=None, on_error:str='raise',
+                n:int|None=None) -> CoVRDataset:   # stop reading annotations after n usable queries
     "EgoCVR queries of `annotations_csv`; the gallery: every clip of `clips_csv` (default: egocvr_data.csv beside it)."
     path = Path(annotations_csv)
     clips_csv = Path(clips_csv) if clips_csv else path.parent/'egocvr_data.csv'
@@ -345,6 +353,7 @@ def load_egocvr(annotations_csv, clips_csv=None, on_error:str='raise') -> CoVRDa
     skipped, queries = [], []
     videos = egocvr_clips(clips_csv, skipped, on_error)
     for i, line, row in csv_rows(path, EGOCVR_COLUMNS, multiline=True):
+        if n is not None and len(queries) >= n: break
         q = keep_going(lambda: egocvr_row(i, row, videos, f'{path.name}: row {i} (line {line})'), f'row {i}',
                        skipped, on_error)
         if q is not None: queries.append(q)

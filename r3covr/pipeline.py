@@ -47,11 +47,12 @@ def _load(spec, root, n, seed, gallery, clips=None) -> CoVRDataset:
         return make_synthetic(n_queries=n or 200, seed=seed)
     p = Path(spec)
     if not p.is_file(): raise DataError(f'dataset {spec!r}: no such file (or use "synthetic")')
-    if p.suffix == '.csv' and _is_egocvr(p): return data.load_egocvr(p, clips, on_error='skip')
-    if p.suffix == '.csv': return data.load_webvid_covr(p, root=root, on_error='skip')
+    if p.suffix == '.csv' and _is_egocvr(p): return data.load_egocvr(p, clips, on_error='skip', n=n)
+    if p.suffix == '.csv': return data.load_webvid_covr(p, root=root, on_error='skip', n=n)
     if p.suffix != '.json':
         raise DataError(f'dataset {spec!r}: expected a .csv (WebVid-CoVR, EgoCVR) or .json (CoVR-R) file')
-    if _is_challenge(read_json(p)): return data.load_challenge(p, root=root, gallery_root=gallery, on_error='skip')
+    if _is_challenge(read_json(p)): return data.load_challenge(p, root=root, gallery_root=gallery, on_error='skip',
+                                                         n=n)
     return data.load_covr_r(p, root=root, on_error='skip')
 
 def load_dataset(spec:str='synthetic', root:str|None=None, n:int|None=None, seed:int=0, gallery:str|None=None,

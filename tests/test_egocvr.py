@@ -65,6 +65,15 @@ def test_bad_rows_raise_or_are_skipped(tmp_path, row, why):
     assert [q.id for q in ds] == ['1'] and [s['item'] for s in ds.skipped] == ['row 0']
 
 
+def test_n_stops_reading_the_annotations(tmp_path):
+    "`--n`/`n=` bounds parsing: rows past the first n queries are never read (here, an unclosed quote at the end)."
+    p = egocvr(tmp_path, ROWS[:3])
+    p.write_text(p.read_text() + 'u1_0,"[\'u1_1\', never closed\n')
+    with pytest.raises(DataError, match='unclosed quote'): load_dataset(str(p))
+    ds = load_dataset(str(p), n=2)
+    assert ([q.id for q in ds], ds.skipped, len(ds.gallery)) == (['0', '1'], (), 10)
+
+
 def test_reference_among_targets_is_dropped_and_clip_table_found_or_named(tmp_path):
     ds = load_egocvr(egocvr(tmp_path, ["u1_0,\"['u1_0', 'u1_1']\",Shake it.,x"]))
     assert ds[0].targets == ('u1_1',)
