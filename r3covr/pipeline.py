@@ -22,6 +22,7 @@ from .rerank import (below_judged, judge, judge_value, likelihood_scores, pair_s
 from .metrics import common_queries, list_rank, metrics_table, rank_metrics
 from .runfolder import RunFolder
 from .settings import STAGE_KEYS, key_inputs, result_fields, run_config
+from .store import open_features, store_record
 
 # %% auto #0
 __all__ = ['load_dataset', 'dataset_of', 'RunDataset', 'dataset_fingerprint', 'cut_texts', 'is_cut', 'run_dataset',
@@ -238,14 +239,21 @@ class Later:
         return getattr(self._made, name)
 
 def embed(cfg:dict, ds:CoVRDataset, models:Models, folder:RunFolder) -> Gallery:
-    "The gallery's embeddings (cached by content in r3covr's cache); videos that fail are recorded in the folder."
+    "The gallery's embeddings: from the feature store `features` names, else r3covr's cache; failures in `folder`."
     ds = run_dataset(cfg, models, folder, ds)
-    per_frame = cfg['pooling'] == 'query'
-    frames = {**cfg['frames'], **({'per_frame': True} if per_frame else {})}
-    key = gallery_key(cfg['encoder']['model'], models.weights('encoder'), cfg['view'], frames, ds.gallery)
-    ids, emb, errs = embed_gallery([ds.videos[g] for g in ds.gallery], Later(lambda: models.encoder), cfg['view'],
-                                   cfg['frames'], cache_dir('gallery', key), per_frame=per_frame,
-                                   retry_failed=cfg['retry_failed'])
+    per_frame, encoder = cfg['pooling'] == 'query', Later(lambda: models.encoder)
+    videos = [ds.videos[g] for g in ds.gallery]
+    if cfg.get('features'):                     # checked against the run; the videos it lacks are embedded into it
+        store = open_features(cfg['features'], cfg, models.weights('encoder'))
+        ids, emb, errs = embed_gallery(videos, encoder, cfg['view'], cfg['frames'], per_frame=per_frame,
+                                       retry_failed=cfg['retry_failed'], store=store)
+        if (c := folder.read('config')) is not None:       # which store the run read, as it was after adding
+            folder.write('config', {**c, 'feature_store': store_record(store)})
+    else:
+        frames = {**cfg['frames'], **({'per_frame': True} if per_frame else {})}
+        key = gallery_key(cfg['encoder']['model'], models.weights('encoder'), cfg['view'], frames, ds.gallery)
+        ids, emb, errs = embed_gallery(videos, encoder, cfg['view'], cfg['frames'], cache_dir('gallery', key),
+                                       per_frame=per_frame, retry_failed=cfg['retry_failed'])
     folder.record_errors('gallery', errs)
     return Gallery(ids, emb, cfg['pool_temperature'])
 
@@ -296,7 +304,7 @@ def retrieve(cfg:dict, ds:CoVRDataset, models:Models, folder:RunFolder, descript
     extra = [r for r in BASELINES if cfg['baselines'] and r not in cfg['routes'] and can(r)]
     parts, ranks, sls = {}, {}, {}
     for r in [*cfg['routes'], *extra]:
-        parts[r] = route_gallery(r, cfg, ds, gallery, qs, descriptions, texts, videos)
+        parts[r] = route_gallery(r, cfg, ds, gallery, qs, descriptions, texts, videos, models.encoder)
         sls[r], ranks[r] = search_reps(cfg, ds, parts[r][0], qs, parts[r][1])
     row = cfg['routes'][0]
     if len(cfg['routes']) > 1:
@@ -324,7 +332,7 @@ def _judgements(cfg:dict, ds:CoVRDataset, models:Models, folder:RunFolder, descr
         sl, ex = [shortlists[q.id] for q in batch], [_expected(q, descriptions) for q in batch]
         if mode == 'pointwise': got = judge(batch, ex, sl, show, models.vlm, k, ref)
         elif mode == 'tournament': got = pair_scores(batch, ex, sl, show, models.vlm, k, ref)
-        else: got = likelihood_scores(batch, sl, show, models.vlm, k, caption=caption)
+        else: got = likelihood_scores(batch, sl, show, models.vlm, k, caption=caption, words=cfg['rerank_words'])
         return [dict(id=q.id, ids=list(s.ids[:len(g)]), scores=g) for q, s, g in zip(batch, sl, got)]
     deep = lambda rec, q: (len(rec['ids']) >= min(k, len(shortlists[q.id].ids))            # judged deep enough,
                            and rec['ids'] == list(shortlists[q.id].ids[:len(rec['ids'])]))   # and these candidates

@@ -4,6 +4,7 @@
 
 # %% ../nbs/06_rerank.ipynb #c003
 from __future__ import annotations
+import re
 import numpy as np
 from .core import R3Error
 from .metrics import list_rank
@@ -12,8 +13,9 @@ from .prompts import judge_prompt, pair_prompt, likelihood_prompts
 from .retrieve import Shortlist
 
 # %% auto #0
-__all__ = ['RERANK_MODES', 'JUDGE_SCORES', 'minmax', 'blend', 'judge', 'reorder', 'below_judged', 'reranked_rank',
-           'judge_value', 'preference', 'tournament', 'pair_scores', 'likelihood_scores']
+__all__ = ['RERANK_MODES', 'JUDGE_SCORES', 'STOP', 'minmax', 'blend', 'judge', 'reorder', 'below_judged',
+           'reranked_rank', 'judge_value', 'preference', 'tournament', 'pair_scores', 'content_words', 'read_caption',
+           'likelihood_scores']
 
 # %% ../nbs/06_rerank.ipynb #c010
 def minmax(x:np.ndarray) -> np.ndarray:
@@ -103,9 +105,31 @@ def pair_scores(queries:list, descriptions:list, shortlists:list, part, vlm:VLM,
         out.append(m)
     return out
 
+# %% ../nbs/06_rerank.ipynb #rd002
+STOP = frozenset('a an the and or of to in on at by for with from into onto it its is are was be this that then '
+                 'make change add remove instead now more less same video scene shot'.split())
+
+def content_words(text:str) -> set:
+    "The lower-case words of `text` that name something (not in `STOP`)."
+    return set(re.findall(r'[a-z0-9]+', text.lower())) - STOP
+
+def read_caption(caption:str, edit:str, words:int|None=None) -> str:
+    "At most `words` words of `caption`: its sentences naming what `edit` names first, then the rest, in caption order."
+    if not words or len(caption.split()) <= words: return caption
+    sents = [s for s in re.split(r'(?<=[.!?;])\s+', caption.strip()) if s]
+    named = content_words(edit)
+    order = sorted(range(len(sents)), key=lambda i: (-len(named & content_words(sents[i])), i))
+    keep, left = {}, words
+    for i in order:
+        if left <= 0: break
+        w = sents[i].split()[:left]
+        keep[i], left = ' '.join(w), left - len(w)
+    return ' '.join(keep[i] for i in sorted(keep))
+
 # %% ../nbs/06_rerank.ipynb #6d00a010
 def likelihood_scores(queries:list, shortlists:list, part, vlm:VLM, k:int|None=None,
                       caption=None, # video id -> caption (default: `part(id).caption`; frames show no caption)
+                      words:int|None=None,  # read at most this many words of each caption (`read_caption`)
                      ) -> list:
     "2 log P(caption | reference, edit) - log P(caption | reference) of the top-`k` candidates of each shortlist."
     prompts, texts, kept = [], [], []
@@ -115,6 +139,7 @@ def likelihood_scores(queries:list, shortlists:list, part, vlm:VLM, k:int|None=N
         caps = [caption(c) for c in s.ids[:k]]
         if any(c is None for c in caps):
             raise R3Error(f'query {q.id}: the likelihood reranker needs candidate captions')
+        caps = [read_caption(c, q.edit, words) for c in caps]
         uniq = list(dict.fromkeys(caps))       # a caption several candidates share is scored once: they tie exactly
         prompts += [cond] * len(uniq) + [keep] * len(uniq); texts += uniq * 2; kept.append((caps, uniq))
     lp = np.asarray(vlm.continuation_logprobs(prompts, texts), dtype=np.float64) if prompts else np.zeros(0)

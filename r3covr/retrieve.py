@@ -10,15 +10,15 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
-from .core import R3Error, Video, atomic_write, stable_hash
+from .core import ConfigError, R3Error, Video, atomic_write, stable_hash
 from .lm import video_part
 from .models import Encoder, l2norm
 from .metrics import beats, ties_with
 
 # %% auto #0
-__all__ = ['INDEXES', 'INDEX_VERSION', 'pad_frames', 'video_signature', 'embed_chunk', 'embed_gallery', 'gallery_key',
-           'Gallery', 'ExactIndex', 'build_index', 'Shortlist', 'search', 'rank_targets', 'settle', 'gallery_index',
-           'retrieve', 'query_pooled_scores', 'ScanIndex']
+__all__ = ['INDEXES', 'INDEX_VERSION', 'pad_frames', 'video_signature', 'embed_chunk', 'fill_store', 'embed_gallery',
+           'gallery_key', 'Gallery', 'ExactIndex', 'build_index', 'Shortlist', 'search', 'rank_targets', 'settle',
+           'gallery_index', 'retrieve', 'query_pooled_scores', 'ScanIndex']
 
 # %% ../nbs/05_retrieve.ipynb #c006
 def pad_frames(sets:list) -> np.ndarray:
@@ -86,11 +86,33 @@ def embed_chunk(videos:list, encoder:Encoder, view:str, frames:dict, f:Path|None
     return vecs, errors
 
 # %% ../nbs/05_retrieve.ipynb #4e2b7c03
+def fill_store(videos:list, encoder:Encoder, view:str, frames:dict|None, store, chunk:int=256, progress=None,
+               retry_failed:bool=True) -> tuple:
+    "(ids of `videos` in `store`, ids added now, [(id, error)]): only the videos `store` lacks are embedded, by chunk."
+    sigs = {v.id: video_signature(v, view) for v in videos}
+    todo = {i for i, _ in store.missing(sigs.items(), retry_failed)}
+    new, errors, added = [v for v in videos if v.id in todo], {}, []
+    for s in range(0, len(new), chunk):
+        vecs, errs = _embed(new[s:s+chunk], encoder, view, frames or {})
+        if vecs: store.add(list(vecs), [sigs[i] for i in vecs], np.stack(list(vecs.values())))
+        if errs: store.fail(list(errs), [sigs[i] for i in errs], list(errs.values()))
+        added += list(vecs); errors.update(errs)
+        if progress: progress(len(videos) - len(new) + min(s+chunk, len(new)))
+    before = {f['id']: f['why'] for f in store.manifest['failures'] if sigs.get(f['id']) == f['signature']}
+    ids = [v.id for v in videos if store.has(v.id, sigs[v.id])]
+    return ids, added, [(v.id, errors.get(v.id) or before[v.id]) for v in videos if v.id in errors or v.id in before]
+
 def embed_gallery(videos:list, encoder:Encoder, view:str='frames', frames:dict|None=None,
                   cache:Path|None=None, chunk:int=256, progress=None,
                   per_frame:bool=False,       # keep every frame's vector: (n, T, d), for query-weighted pooling
-                  retry_failed:bool=True):    # embed again the videos that failed before
+                  retry_failed:bool=True,     # embed again the videos that failed before
+                  store=None):                # a `FeatureStore`: vectors read from it, the videos it lacks added
     "(ids, (n, d) embeddings -- or (n, T, d) with `per_frame` --, [(id, error)]) for `videos`, cached chunk by chunk."
+    if store is not None:
+        if per_frame: raise ConfigError('per-frame gallery vectors (pooling=query) cannot come from a feature store: '
+                                        'it keeps one vector a video')
+        ids, _, errors = fill_store(videos, encoder, view, frames, store, chunk, progress, retry_failed)
+        return ids, (store.vectors(ids) if ids else np.zeros((0, 0), np.float32)), errors
     ids, embs, errors = [], [], []
     for s in range(0, len(videos), chunk):
         f = cache/f'chunk-{s:07d}.npz' if cache else None
@@ -99,6 +121,7 @@ def embed_gallery(videos:list, encoder:Encoder, view:str='frames', frames:dict|N
         if progress: progress(min(s+chunk, len(videos)))
     if not embs: return ids, np.zeros((0, 0, 0) if per_frame else (0, 0), np.float32), errors
     return ids, (pad_frames(embs) if per_frame else np.stack(embs).astype(np.float32)), errors
+
 
 # %% ../nbs/05_retrieve.ipynb #c008
 def gallery_key(encoder:str, weights:dict, view:str, frames:dict, ids:list) -> str:

@@ -10,12 +10,13 @@ import numpy as np
 from fastcore.basics import patch
 from .core import CoVRDataset, ConfigError, Video
 from .models import l2norm
-from .reason import baseline_text, source_label
+from .reason import baseline_text, fit_to_window, source_label, window
 from .retrieve import Gallery, ScanIndex
 
 # %% auto #0
-__all__ = ['ROUTES', 'BASELINES', 'ROW_NAMES', 'FUSIONS', 'words', 'BM25', 'moments', 'Queries', 'Fused', 'RRF',
-           'gated_blend', 'route_rows', 'route_texts', 'reference_vectors', 'lexical_route', 'route_gallery', 'fuse']
+__all__ = ['ROUTES', 'BASELINES', 'ROW_NAMES', 'DIRECT_VERSION', 'FUSIONS', 'words', 'BM25', 'moments', 'Queries',
+           'Fused', 'RRF', 'gated_blend', 'route_rows', 'direct_text', 'route_texts', 'reference_vectors',
+           'lexical_route', 'route_gallery', 'fuse']
 
 # %% ../nbs/05a_routes.ipynb #r006
 def words(text:str) -> list:
@@ -188,14 +189,26 @@ def _captions(ds:CoVRDataset, ids) -> list|None:
     caps = [(ds.videos.get(v) or Video(v)).caption for v in ids]
     return caps if all(caps) else None
 
-def route_texts(route:str, qs:list, ds:CoVRDataset, descriptions:dict, view:str='caption') -> list|None:
+DIRECT_VERSION = 'direct@2'   # bump when direct texts are built differently: cached shortlists are keyed by it
+
+def direct_text(q, caption:str, encoder=None) -> str:
+    "Reference caption, then the edit; where `encoder`'s window cannot hold both, the caption is cut so the edit fits."
+    text = baseline_text(q, caption, 'caption+edit')
+    if encoder is None or encoder.count_tokens(text) <= window(encoder): return text
+    room = window(encoder) - encoder.count_tokens(q.edit) - 2            # 2: the '. ' between them
+    if room < 4: return q.edit                 # the edit fills the window alone (the encoder cuts its tail)
+    return baseline_text(q, fit_to_window(caption, encoder, room)[0], 'caption+edit')
+
+def route_texts(route:str, qs:list, ds:CoVRDataset, descriptions:dict, view:str='caption',
+                encoder=None) -> list|None:   # if given, `direct` texts are fitted to its window (`direct_text`)
     "The query text of each query for a text route; None when the route is not text in this view (or lacks captions)."
     if route == 'description': return [descriptions[q.id]['description'] for q in qs]
     if route == 'edit': return [baseline_text(q, None, 'edit-only') for q in qs]
     caps = _captions(ds, [q.reference for q in qs])
     if caps is None or (view == 'frames' and route != 'lexical'): return None   # frames: the reference is a video
     if route == 'reference': return caps
-    if route in ('direct', 'lexical'): return [baseline_text(q, c, 'caption+edit') for q, c in zip(qs, caps)]
+    if route == 'direct': return [direct_text(q, c, encoder) for q, c in zip(qs, caps)]
+    if route == 'lexical': return [baseline_text(q, c, 'caption+edit') for q, c in zip(qs, caps)]  # no window
 
 # %% ../nbs/05a_routes.ipynb #r039
 def reference_vectors(gallery:Gallery, qs:list, video_vectors) -> np.ndarray:
@@ -220,10 +233,11 @@ def lexical_route(ds:CoVRDataset, gallery:Gallery, texts:list|None) -> tuple:
 def route_gallery(route:str, cfg:dict, ds:CoVRDataset, gallery:Gallery, qs:list, descriptions:dict,
                   text_vectors,  # texts -> (n, d) unit vectors
                   video_vectors, # video ids -> (n, d) unit vectors of videos as the run's view shows them
+                  encoder=None,  # the text encoder, whose window `direct` texts are fitted to
                  ) -> tuple:
     "(gallery to search, query representations) of `route` for `qs`; `ConfigError` when the view cannot give it."
     if route not in ROUTES: raise ConfigError(f'unknown route {route!r}: one of {ROUTES}')
-    texts = route_texts(route, qs, ds, descriptions, cfg['view'])
+    texts = route_texts(route, qs, ds, descriptions, cfg['view'], encoder)
     if route == 'lexical': return lexical_route(ds, gallery, texts)
     if texts is not None: return gallery, text_vectors(texts)
     if route == 'direct' and cfg['view'] == 'frames':

@@ -14,7 +14,8 @@ from .models import VLM, backend_class, load_preset, merge
 from .prompts import PROMPTS, CAPTION_VERSION, JUDGE_VERSION, PAIR_VERSION, LIKELIHOOD_VERSION
 from .reason import STRATEGIES, description_source, source_identity
 from .retrieve import INDEXES, INDEX_VERSION
-from .routes import ROUTES, FUSIONS
+from .store import MANIFEST
+from .routes import DIRECT_VERSION, ROUTES, FUSIONS
 from .rerank import RERANK_MODES, JUDGE_SCORES
 
 # %% auto #0
@@ -154,7 +155,8 @@ SETTINGS = {s: Setting(*v) for s, v in dict(
                   'JSONL file of {"id", "description"} lines (default: the Reason stage writes them)',
                   lambda c: c['descriptions'] and source_identity(c['descriptions'], c['dataset'])),
     routes=(['description'], names(*ROUTES), 'retrieve',
-            'query routes to the gallery, fused when more than one (the first: the base)'),
+            'query routes to the gallery, fused when more than one (the first: the base)',
+            lambda c: [DIRECT_VERSION if r == 'direct' else r for r in c['routes']]),
     route_weights=({}, weights_of(*ROUTES), 'retrieve', 'weight of each fused route (default 1 each)',
                    lambda c: {r: c['route_weights'].get(r, 1.) for r in c['routes']} if _fused(c) else None),
     fusion=('sum', choice(*FUSIONS), 'retrieve',
@@ -180,8 +182,14 @@ SETTINGS = {s: Setting(*v) for s, v in dict(
              "a video's frames as one vector (mean) or weighted by the query (query)"),
     pool_temperature=(0.05, number(0, above=True), 'retrieve', 'softmax temperature of query-weighted pooling',
                       lambda c: c['pool_temperature'] if c['pooling'] == 'query' else None),
+    features=(None, text(none=True), None,
+              "a feature store (r3covr gallery build) the gallery's vectors are read from; videos it lacks are "
+              'embedded and added to it (null: the cache). Checked against the encoder, weights, view and frames'),
     rerank=(True, flag, None, 'rerank the shortlist with the VLM judge'),
     rerank_k=(20, integer(1), None, 'candidates the judge sees per query (at most k; records say which were judged)'),
+    rerank_words=(24, integer(1, none=True), 'judge',
+                  'likelihood: words of a long candidate caption the reranker reads (those naming what the edit '
+                  'names first; null: all)', lambda c: c['rerank_words'] if c['rerank_mode'] == 'likelihood' else None),
     rerank_mode=('pointwise', choice(*RERANK_MODES), 'judge',
                  'yes/no judge of each candidate, a conservative pairwise tournament, or caption likelihood',
                  lambda c: [c['rerank_mode'], RERANK_VERSIONS[c['rerank_mode']]]),
@@ -228,7 +236,8 @@ def check_section(role:str, section) -> dict:
 
 # %% ../nbs/07b_settings.ipynb #s015
 # what a preset or a config.json holds beside settings and sections
-RECORDED = ('pipeline', 'name', 'about', 'layout', 'keys', 'weights', 'dataset_size', 'dataset_fingerprint')
+RECORDED = ('pipeline', 'name', 'about', 'layout', 'keys', 'weights', 'dataset_size', 'dataset_fingerprint',
+            'feature_store')
 
 def run_config(**kw) -> dict:
 
@@ -250,6 +259,12 @@ def run_config(**kw) -> dict:
     if cfg['pooling'] == 'query' and cfg['view'] != 'frames':
         raise ConfigError("setting pooling=query weighs a video's frames, "
                           f"but preset {cfg['preset']!r} shows videos by caption")
+    if cfg['features'] is not None and not (Path(cfg['features'])/MANIFEST).is_file():
+        raise ConfigError(f"setting features={cfg['features']!r}: no feature store there "
+                          '(r3covr gallery build --out makes one)')
+    if cfg['features'] is not None and cfg['pooling'] == 'query':
+        raise ConfigError(f"setting features={cfg['features']!r}: a feature store keeps one vector a video, "
+                          "but pooling=query weighs each frame's vector (use pooling=mean)")
     vlm = backend_class('vlm', cfg['vlm'])
     scores_answers = getattr(vlm, 'continuation_logprobs', None) is not VLM.continuation_logprobs
     if cfg['rerank'] and cfg['rerank_mode'] == 'likelihood' and not scores_answers:
