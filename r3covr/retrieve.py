@@ -16,9 +16,9 @@ from .models import Encoder, l2norm
 from .metrics import beats, ties_with
 
 # %% auto #0
-__all__ = ['INDEXES', 'INDEX_VERSION', 'pad_frames', 'video_signature', 'embed_chunk', 'fill_store', 'embed_gallery',
-           'gallery_key', 'Gallery', 'ExactIndex', 'build_index', 'Shortlist', 'search', 'rank_targets', 'settle',
-           'gallery_index', 'retrieve', 'query_pooled_scores', 'ScanIndex']
+__all__ = ['INDEXES', 'INDEX_VERSION', 'pad_frames', 'video_signature', 'embed_chunk', 'content_signature',
+           'fill_store', 'embed_gallery', 'gallery_key', 'Gallery', 'ExactIndex', 'build_index', 'Shortlist', 'search',
+           'rank_targets', 'settle', 'gallery_index', 'retrieve', 'query_pooled_scores', 'ScanIndex']
 
 # %% ../nbs/05_retrieve.ipynb #c006
 def pad_frames(sets:list) -> np.ndarray:
@@ -86,10 +86,21 @@ def embed_chunk(videos:list, encoder:Encoder, view:str, frames:dict, f:Path|None
     return vecs, errors
 
 # %% ../nbs/05_retrieve.ipynb #4e2b7c03
+def content_signature(v:Video, view:str, sample:int=1 << 16) -> str:
+    "A signature that travels: the caption, or the file's size and a hash of its first, middle and last `sample` bytes."
+    if view == 'caption' or v.path is None: return video_signature(v, view)
+    try:
+        size, h = os.path.getsize(v.path), []
+        with open(v.path, 'rb') as f:
+            for at in dict.fromkeys((0, max(0, size // 2 - sample // 2), max(0, size - sample))):
+                f.seek(at); h.append(f.read(sample))
+    except OSError: return f'missing:{v.id}'
+    return f'content:{size}:{stable_hash([x.hex() for x in h], 16)}'
+
 def fill_store(videos:list, encoder:Encoder, view:str, frames:dict|None, store, chunk:int=256, progress=None,
                retry_failed:bool=True) -> tuple:
     "(ids of `videos` in `store`, ids added now, [(id, error)]): only the videos `store` lacks are embedded, by chunk."
-    sigs = {v.id: video_signature(v, view) for v in videos}
+    sigs = {v.id: content_signature(v, view) for v in videos}      # not the path: a store moves between machines
     todo = {i for i, _ in store.missing(sigs.items(), retry_failed)}
     new, errors, added = [v for v in videos if v.id in todo], {}, []
     for s in range(0, len(new), chunk):
