@@ -13,6 +13,7 @@ lic = licenses[cfg['license']]
 reqs = cfg.get('requirements', '').split()
 dev_reqs = cfg.get('dev_requirements', '').split()
 serve_reqs = cfg.get('serve_requirements', '').split()
+ray_reqs = cfg.get('ray_requirements', '').split()
 scripts = [s.strip() for s in cfg.get('console_scripts', '').split() if s.strip()]
 
 setuptools.setup(
@@ -26,7 +27,7 @@ setuptools.setup(
                  'Natural Language :: English', 'Programming Language :: Python :: 3'],
     packages=setuptools.find_packages(include=['r3covr', 'r3covr.*']),
     include_package_data=True, package_data={'r3covr': ['presets/*.json']},
-    install_requires=reqs, extras_require={'dev': dev_reqs, 'serve': serve_reqs},
+    install_requires=reqs, extras_require={'dev': dev_reqs, 'serve': serve_reqs, 'ray': ray_reqs},
     python_requires=f">={cfg['min_python']}", zip_safe=False,
     entry_points={'console_scripts': scripts, 'nbdev': [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"]},
 )

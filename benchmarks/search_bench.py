@@ -1,6 +1,7 @@
 """The retrieval rows of the speed table: the gallery cache, top-K search (exact and approximate) at 200,000 and a
 million vectors, query-weighted pooling, and the one retrieval path (top-K and exact target ranks in blocks) at a
-million videos. Run them through the driver: `python benchmarks/speed.py --only search` (see speed.py).
+million videos, search over a feature store on disk at ten million (`search-10m`) and a store reused by a second
+gallery (`store-reuse`). Run them through the driver: `python benchmarks/speed.py --only search` (see speed.py).
 
 The search galleries are synthetic: unit vectors near a 32-dimensional subspace of the embedding space, as real
 embeddings are (on i.i.d. random unit vectors every neighbour is nearly as far as any other and HNSW's recall@50
@@ -11,6 +12,7 @@ recall on them before trusting it.
 """
 from __future__ import annotations
 import tempfile
+import time
 from pathlib import Path
 import numpy as np
 from common import best_of, peak_rss_gb, record
@@ -154,5 +156,138 @@ def bench_retrieve_1m(ds, a, d:int=768, nq:int=1000, k:int=50) -> list:
                    f'{len(ranks)} of {nq} targets ranked, '
                    f'median rank {np.median([a + t / 2 for a, t in ranks.values()]):.0f}')]
 
+
+def clustered_chunks(n:int, d:int, n_topics:int=2000, seed:int=0, chunk:int=100_000):
+    "`clustered`'s vectors, a chunk at a time: never all in memory."
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((64, d), dtype=np.float32) / 8
+    centres = rng.standard_normal((n_topics, 64), dtype=np.float32)
+    for s in range(0, n, chunk):
+        m = min(chunk, n - s)
+        z = centres[rng.integers(0, n_topics, m)] + 0.9 * rng.standard_normal((m, 64), dtype=np.float32)
+        g = z @ A + 0.3 * rng.standard_normal((m, d), dtype=np.float32) / np.sqrt(d)
+        yield g / np.linalg.norm(g, axis=1, keepdims=True)
+
+def in_child(fn, *args):
+    "`fn(*args)` run in a fresh process (spawned: it shares no memory with this one), and its peak RSS in GB."
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+    with ProcessPoolExecutor(1, mp_context=mp.get_context('spawn')) as ex:
+        return ex.submit(_measured, fn, *args).result()
+
+def _measured(fn, *args):
+    return fn(*args), peak_rss_gb()
+
+def write_clustered_store(folder:str, n:int, d:int, nq:int, shard:int=100_000) -> tuple:
+    "A float16 store of `n` clustered unit vectors, written shard by shard; (seconds, unit queries near `nq` of them)."
+    from r3covr.store import FeatureStore
+    t0 = time.perf_counter()
+    store = FeatureStore.create(folder, 'synthetic', 'clustered-seed0', d)
+    for s, g in enumerate(clustered_chunks(n, d, chunk=shard)):
+        store.add([f'v{s * shard + j}' for j in range(len(g))], ['-'] * len(g), g)    # '-': one shared string
+    t = time.perf_counter() - t0
+    picks = np.random.default_rng(5).choice(n, nq, replace=False)
+    g = store.vectors([f'v{j}' for j in picks])
+    noise = 0.5 * np.random.default_rng(1).standard_normal(g.shape, dtype=np.float32) / np.sqrt(d)
+    q = g + noise
+    return t, q / np.linalg.norm(q, axis=1, keepdims=True)
+
+def build_phase(folder:str) -> tuple:
+    from r3covr.bigsearch import build_store_index
+    from r3covr.store import FeatureStore
+    t0 = time.perf_counter()
+    index = build_store_index(FeatureStore.open(folder, verify=False))
+    return time.perf_counter() - t0, index.meta
+
+def exact_phase(folder:str, q:np.ndarray, k:int) -> tuple:
+    from r3covr.store import FeatureStore, exact_topk
+    store = FeatureStore.open(folder, verify=False)
+    t0 = time.perf_counter()
+    _, ids = exact_topk(store, q, k)
+    return time.perf_counter() - t0, ids
+
+def search_phase(folder:str, q:np.ndarray, k:int, nprobe:int, rescore:int) -> tuple:
+    from r3covr.bigsearch import open_store_index, search_store
+    from r3covr.store import FeatureStore
+    t0 = time.perf_counter()
+    store = FeatureStore.open(folder, verify=False)
+    index = open_store_index(store)
+    t_open = time.perf_counter() - t0
+    search_store(store, q[:10], k, index, nprobe, rescore)                 # warm: faiss threads, first pages
+    t0 = time.perf_counter()
+    _, ids = search_store(store, q, k, index, nprobe, rescore)
+    return time.perf_counter() - t0, t_open, ids
+
+def bench_search_10m(ds, a, d:int=768, nq:int=1000, k:int=50, nprobe:int=128, rescores=(200, 500)) -> list:
+    "Top-50 over a float16 store of n x 768 clustered vectors on disk: blockwise exact scan vs `search_store`."
+    import os
+    import shutil
+    n = a.n_10m
+    base = Path(a.data_dir or os.environ.get('R3COVR_BENCH_DATA') or tempfile.gettempdir())
+    folder = str(base/f'r3covr-search-{n}')
+    shutil.rmtree(folder, ignore_errors=True)
+    try:
+        (t_write, q), rss_w = in_child(write_clustered_store, folder, n, d, nq)
+        (t_build, meta), rss_b = in_child(build_phase, folder)
+        (t_exact, exact), rss_e = in_child(exact_phase, folder, q, k)
+        ours = {r: in_child(search_phase, folder, q, k, nprobe, r) for r in rescores}   # re-scoring depth: the cost
+    finally:
+        if not a.keep_data: shutil.rmtree(folder, ignore_errors=True)
+    what = f'top-{k} search ({nq} queries, {n:,} x {d} float16 store on disk)'
+    out = []
+    for r, ((t_ours, t_open, ids), rss_s) in ours.items():
+        recall = np.mean([len(set(x) & set(y)) / k for x, y in zip(exact, ids)])
+        out.append(record('search-10m', what, f'blockwise exact scan (exact_topk; peak RSS {rss_e:.2f} GB)',
+                          f'search_store: {meta["factory"]}, nprobe {nprobe}, top {r} re-scored exactly; '
+                          f'peak RSS search {rss_s:.2f} GB (open {t_open:.0f} s), build {rss_b:.2f} GB', t_exact,
+                          t_ours, f'recall@{k} vs exact {100*recall:.1f}%; build {t_build:.0f} s once (write store '
+                          f'{t_write:.0f} s, peak RSS {rss_w:.2f} GB)'))
+    return out
+
+def reuse_videos(n:int) -> tuple:
+    "(n + n // 10 caption-view videos, query texts): WebVid-CoVR's dev500 captions when present, else synthetic ones."
+    import csv
+    from r3covr.core import Video
+    f = Path(__file__).resolve().parents[1].parent/'shared'/'data'/'webvid-covr'/'webvid8m-covr_test.dev500.csv'
+    caps, edits = {}, []
+    if f.exists():
+        for r in csv.DictReader(f.open()):
+            caps.setdefault(r['pth1'], r['txt1']); caps.setdefault(r['pth2'], r['txt2']); edits.append(r['edit'])
+    else:
+        caps = {f'v{i}': f'a {c} {o} on a {p}' for i, (c, o, p) in enumerate(
+            (c, o, p) for c in ('red', 'blue', 'green', 'white') for o in ('dog', 'car', 'boat', 'bird', 'ball')
+            for p in ('beach', 'road', 'lake', 'field', 'roof', 'hill', 'street', 'river', 'bridge', 'park',
+                      'snowfield', 'market', 'garden', 'forest', 'farm', 'dune', 'pier', 'lawn', 'plaza', 'cliff',
+                      'meadow', 'canyon', 'harbour', 'jungle', 'desert', 'island', 'volcano', 'glacier'))}
+        edits = ['make it red', 'at night', 'two of them', 'in the rain']
+    vids = [Video(i, caption=c) for i, c in list(caps.items())[:n + n // 10]]
+    return vids, (edits * 20)[:20]
+
+def bench_store_reuse(ds, a, k:int=10) -> list:
+    "A second gallery sharing 90% of its videos with one already in the store: only the new 10% embedded."
+    from r3covr.models import create_encoder
+    from r3covr.retrieve import fill_store
+    from r3covr.store import FeatureStore
+    enc = create_encoder('cpu')
+    vids, texts = reuse_videos(a.n_reuse)
+    first, second = vids[:a.n_reuse], vids[len(vids) - a.n_reuse:]        # share 90% of their videos
+    q = enc.embed_texts(texts)
+    with tempfile.TemporaryDirectory() as td:
+        make = lambda name: FeatureStore.create(Path(td)/name, 'cpu-minilm', 'benchmark', q.shape[1],
+                                                settings=dict(view='caption'))
+        shared, fresh = make('shared'), make('fresh')
+        fill_store(first, enc, 'caption', None, shared)
+        t_reuse, (ids, added, _) = best_of(lambda: fill_store(second, enc, 'caption', None, shared))
+        t_fresh, (ids_f, added_f, _) = best_of(lambda: fill_store(second, enc, 'caption', None, fresh))
+        v, vf = shared.vectors(ids), fresh.vectors(ids_f)
+    top = lambda g: np.argsort(-(q @ g.T), axis=1, kind='stable')[:, :k]
+    same = ids == ids_f and (top(v) == top(vf)).all()
+    what = f'second caption gallery ({len(second)} videos, {len(second) - len(added)} already in the store; MiniLM)'
+    return [record('store-reuse', what, f'fresh build into an empty store ({len(added_f)} embedded)',
+                   f'fill_store into the shared store ({len(added)} embedded)', t_fresh, t_reuse,
+                   f'max |dvector| {np.abs(v - vf).max():.1e}; top-{k} of {len(q)} queries '
+                   f'{"identical" if same else "DIFFER"}')]
+
 ROWS = {'gallery': bench_gallery, 'search': bench_search, 'search-1m': bench_search_1m, 'pooling': bench_pooling,
-        'retrieve-1m': bench_retrieve_1m}
+        'retrieve-1m': bench_retrieve_1m, 'search-10m': bench_search_10m,
+        'store-reuse': bench_store_reuse}

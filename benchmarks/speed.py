@@ -34,9 +34,19 @@ Rows (`--only NAME`):
                (search_bench.py)
   retrieve-1m  the one retrieval path (top-50 + exact target ranks) over 1,000,000 x 768 with bounded memory,
                against the whole float64 score matrix on a 50,000-video subset (search_bench.py)
+  search-10m   top-50 over 10,000,000 x 768 float16 vectors in 2,000 topic clusters, written shard by shard as a
+               feature store on disk, 1,000 queries: exact blockwise scan of the shards vs `search_store` (IVF-PQ
+               fast-scan index, 2,048 lists, built shard by shard; nprobe 128, top 500 re-scored exactly); peak RSS
+               of build and of search, each in its own process (--quick: 1,000,000; --data-dir: where the 15.4 GB
+               store goes, deleted after unless --keep-data) (search_bench.py)
+  store-reuse  a 500-caption MiniLM gallery (--quick: 200) into a feature store, then a second one sharing 90% of its
+               videos: only the new 10% embedded, vectors and top-10 equal to a fresh build into an empty store
+               (search_bench.py)
   rerun        `r3covr demo --n 200` (`cpu` preset) from an empty run folder and gallery cache vs again on the warm
                folder (run_bench.py)
   served       SmolLM2 judging in process vs through llama.cpp's server (served_bench.py; needs the `serve` extra)
+  ray-embed    local engine vs Ray engine (2 actors x 1 CPU) into a feature store: caption view (MiniLM, dev500) and
+               frames view (tiny twin): same vectors, the overhead (ray_bench.py; needs the `ray` extra)
 
 Each JSON record: {row, what, baseline, ours, baseline_s, ours_s, speedup, agreement}. Timings are wall-clock seconds
 of one run (the best of `--repeats` for the short ones) on whatever machine runs it; compare rows of one run only.
@@ -49,6 +59,7 @@ import json
 import os
 from pathlib import Path
 import models_bench
+import ray_bench
 import run_bench
 import search_bench
 import served_bench
@@ -56,12 +67,12 @@ from common import table
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 
-ROWS = {**models_bench.ROWS, **search_bench.ROWS, **run_bench.ROWS, **served_bench.ROWS}
+ROWS = {**models_bench.ROWS, **search_bench.ROWS, **run_bench.ROWS, **served_bench.ROWS, **ray_bench.ROWS}
 
 SIZES = dict(   # input sizes: (--quick, full)
     n_judge=(30, 100), n_gen=(8, 32), n_like=(16, 64), n_videos=(30, 100), n_index=(50_000, 200_000),
     n_pool=(2_000, 10_000), n_million=(200_000, 1_000_000), n_subset=(20_000, 50_000), n_rerun=(12, 200),
-    n_served=(40, 200))
+    n_served=(40, 200), n_10m=(1_000_000, 10_000_000), n_reuse=(200, 500))
 
 def args(argv=None) -> argparse.Namespace:
     "The command line, with every row's input sizes set for `--quick` or a full run."
@@ -72,6 +83,9 @@ def args(argv=None) -> argparse.Namespace:
     ap.add_argument('--batch', type=int, default=16, help='prompts per batch in the model rows')
     ap.add_argument('--repeats', type=int, help="timing repeats (default: each row's own)")
     ap.add_argument('--threads', type=int, help="torch threads (default: torch's own choice)")
+    ap.add_argument('--data-dir', help='search-10m: folder for its store (15.4 GB at full size; '
+                    'default: $R3COVR_BENCH_DATA or the temp folder)')
+    ap.add_argument('--keep-data', action='store_true', help='search-10m: keep its store instead of deleting it')
     a = ap.parse_args(argv)
     for k, (quick, full) in SIZES.items(): setattr(a, k, quick if a.quick else full)
     return a

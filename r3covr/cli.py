@@ -13,8 +13,8 @@ from .runfolder import RunFolder
 from .settings import SETTINGS, parse_sets, run_config
 
 # %% auto #0
-__all__ = ['run_settings', 'cmd_run', 'cmd_demo', 'cmd_eval', 'cmd_submit', 'cmd_ablate', 'cmd_serve', 'cmd_presets',
-           'build_gallery', 'cmd_gallery_build', 'cmd_gallery_info', 'parser', 'main']
+__all__ = ['ENGINES', 'run_settings', 'cmd_run', 'cmd_demo', 'cmd_eval', 'cmd_submit', 'cmd_ablate', 'cmd_serve',
+           'cmd_presets', 'engine_options', 'build_gallery', 'cmd_gallery_build', 'cmd_gallery_info', 'parser', 'main']
 
 # %% ../nbs/10_cli.ipynb #c006
 def run_settings(args) -> dict:
@@ -127,12 +127,40 @@ def cmd_presets(args):
     for n in list_presets(): print(f'{n:{w}s}  {load_preset(n).get("about", "")}')
 
 # %% ../nbs/10_cli.ipynb #c010b
-def build_gallery(out, dtype:str='float16', **settings) -> dict:
+ENGINES = ('local', 'ray')
+
+def _number(kind, flag:str, value, default):
+    "`value` of option `flag` as a `kind` (`default` when not given); a one-line `ConfigError` when it is not one."
+    if value is None: return default
+    try: return kind(value)
+    except (TypeError, ValueError):
+        what = 'a whole number' if kind is int else 'a number'
+        raise ConfigError(f'gallery build: {flag} {value!r}: not {what}') from None
+
+def engine_options(engine:str='local', address:str|None=None, actors=None, gpus_per_actor=None) -> dict:
+    "`ray_fill_store`'s options from `gallery build`'s engine flags, checked (a bad one: a one-line `ConfigError`)."
+    if engine not in ENGINES: raise ConfigError(f'gallery build: --engine {engine!r}: one of {", ".join(ENGINES)}')
+    flags = {'--address': address, '--actors': actors, '--gpus-per-actor': gpus_per_actor}
+    if engine == 'local':
+        if given := [f for f, v in flags.items() if v is not None]:
+            raise ConfigError(f'gallery build: {given[0]} is an option of --engine ray')
+        return {}
+    from r3covr.rayengine import check_ray_options, need_ray
+    opts = dict(address=address, actors=_number(int, '--actors', actors, 1),
+                gpus_per_actor=_number(float, '--gpus-per-actor', gpus_per_actor, 0.))
+    check_ray_options(opts['actors'], opts['gpus_per_actor'])
+    need_ray()
+    return opts
+
+def build_gallery(out, dtype:str='float16', engine:str='local',
+                  ray:dict|None=None,     # `engine_options` of the ray engine: address, actors, gpus_per_actor
+                  **settings) -> dict:
     "Embed the gallery of the dataset `settings` name into feature store `out` (made if needed): what was done."
     from r3covr.models import Models
     from r3covr.pipeline import Later, dataset_of, run_dataset, write_captions
     from r3covr.retrieve import fill_store
     from r3covr.store import MANIFEST, FeatureStore, open_features, store_identity
+    ray = engine_options(engine, **(ray or {}))          # before anything loads
     cfg = run_config(**{**settings, 'features': None})
     if cfg['pooling'] == 'query':
         raise ConfigError("setting pooling=query weighs each frame's vector; a feature store keeps one a video")
@@ -143,15 +171,20 @@ def build_gallery(out, dtype:str='float16', **settings) -> dict:
         encoder, fingerprint, made = store_identity(cfg, models.weights('encoder'))
         dims = models.encoder.embed_texts(['a video']).shape[1]
         store = FeatureStore.create(out, encoder, fingerprint, dims, dtype, made)
-    ids, added, errors = fill_store([ds.videos[g] for g in ds.gallery], Later(lambda: models.encoder), cfg['view'],
-                                    cfg['frames'], store, retry_failed=cfg['retry_failed'])
+    videos = [ds.videos[g] for g in ds.gallery]
+    if engine == 'ray':
+        from r3covr.rayengine import ray_fill_store
+        ids, added, errors = ray_fill_store(videos, cfg, store, **ray, retry_failed=cfg['retry_failed'])
+    else: ids, added, errors = fill_store(videos, Later(lambda: models.encoder), cfg['view'], cfg['frames'], store,
+                                          retry_failed=cfg['retry_failed'])
     return dict(store=store, added=len(added), reused=len(ids) - len(added), failed=len(errors), errors=errors)
 
 def cmd_gallery_build(args):
     "Embed a dataset's gallery into a feature store and say how many vectors were added, reused and failed."
     settings = run_settings(args)
     if settings.get('features'): raise ConfigError('gallery build: the store is --out, not --features')
-    res = build_gallery(args.out, args.dtype, **settings)
+    ray = dict(address=args.address, actors=args.actors, gpus_per_actor=args.gpus_per_actor)
+    res = build_gallery(args.out, args.dtype, args.engine, ray, **settings)
     first = f" (first: {res['errors'][0][0]}: {res['errors'][0][1]})" if res['errors'] else ''
     print(f"{args.out}: {res['added']} vectors added, {res['reused']} reused, {res['failed']} failed{first}; "
           f"the store holds {len(res['store'])}")
@@ -215,6 +248,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument('--out', required=True, metavar='STORE', help='the feature store folder')
     s.add_argument('--dtype', default='float16', choices=('float16', 'float32'),
                    help='how a new store keeps its vectors (float32: scores to the last digit, twice the disk)')
+    s.add_argument('--engine', default='local', metavar='local|ray',
+                   help='who embeds: this process (local), or Ray Data (ray; the ray extra: pip install -e ".[ray]")')
+    s.add_argument('--address', help="ray: the cluster to join (auto, HOST:6379, ray://HOST:10001); "
+                   'default: start a local Ray instance')
+    s.add_argument('--actors', metavar='N', help='ray: encoders running at once, one an actor (default 1)')
+    s.add_argument('--gpus-per-actor', metavar='G', help='ray: GPUs each actor holds (default 0; 0.5 shares one)')
     s.set_defaults(fn=cmd_gallery_build)
     s = g.add_parser('info', help='what a feature store holds'); s.add_argument('store')
     s.set_defaults(fn=cmd_gallery_info)

@@ -187,9 +187,9 @@ SETTINGS = {s: Setting(*v) for s, v in dict(
               'embedded and added to it (null: the cache). Checked against the encoder, weights, view and frames'),
     rerank=(True, flag, None, 'rerank the shortlist with the VLM judge'),
     rerank_k=(20, integer(1), None, 'candidates the judge sees per query (at most k; records say which were judged)'),
-    rerank_words=(24, integer(1, none=True), 'judge',
+    rerank_words=(24, integer(0), 'judge',
                   'likelihood: words of a long candidate caption the reranker reads (those naming what the edit '
-                  'names first; null: all)', lambda c: c['rerank_words'] if c['rerank_mode'] == 'likelihood' else None),
+                  'names first; 0: all)', lambda c: c['rerank_words'] if c['rerank_mode'] == 'likelihood' else None),
     rerank_mode=('pointwise', choice(*RERANK_MODES), 'judge',
                  'yes/no judge of each candidate, a conservative pairwise tournament, or caption likelihood',
                  lambda c: [c['rerank_mode'], RERANK_VERSIONS[c['rerank_mode']]]),
