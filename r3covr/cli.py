@@ -13,8 +13,8 @@ from .runfolder import RunFolder
 from .settings import SETTINGS, parse_sets, run_config
 
 # %% auto #0
-__all__ = ['ENGINES', 'run_settings', 'cmd_run', 'cmd_demo', 'cmd_eval', 'cmd_submit', 'cmd_ablate', 'cmd_serve',
-           'cmd_presets', 'engine_options', 'build_gallery', 'cmd_gallery_build', 'cmd_gallery_info', 'parser', 'main']
+__all__ = ['ENGINES', 'run_settings', 'cmd_run', 'cmd_demo', 'cmd_eval', 'cmd_submit', 'cmd_ablate', 'cmd_serve', 'cmd_presets',
+           'engine_options', 'build_gallery', 'cmd_gallery_build', 'cmd_gallery_info', 'parser', 'main']
 
 # %% ../nbs/10_cli.ipynb #c006
 def run_settings(args) -> dict:

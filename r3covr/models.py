@@ -12,8 +12,8 @@ from .video import Frames
 from .weights import Weights, import_object, resolve_weights
 
 # %% auto #0
-__all__ = ['PRESET_DIR', 'BACKENDS', 'l2norm', 'Encoder', 'VLM', 'merge', 'list_presets', 'load_preset',
-           'register_backend', 'backend_class', 'create_encoder', 'create_vlm', 'Models']
+__all__ = ['PRESET_DIR', 'BACKENDS', 'l2norm', 'Encoder', 'VLM', 'merge', 'list_presets', 'load_preset', 'register_backend',
+           'backend_class', 'create_encoder', 'create_vlm', 'Models']
 
 # %% ../nbs/03_models.ipynb #c010
 def l2norm(x:np.ndarray, axis:int=-1) -> np.ndarray:

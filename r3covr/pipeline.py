@@ -25,10 +25,10 @@ from .settings import STAGE_KEYS, key_inputs, result_fields, run_config
 from .store import open_features, store_record
 
 # %% auto #0
-__all__ = ['load_dataset', 'dataset_of', 'RunDataset', 'dataset_fingerprint', 'cut_texts', 'is_cut', 'run_dataset',
-           'stage_keys', 'keys_changed', 'part', 'write_captions', 'reason', 'Later', 'embed', 'text_vectors',
-           'search_texts', 'search_reps', 'Retrieved', 'retrieve', 'needs_descriptions', 'best_rank',
-           'best_reranked_rank', 'Reranked', 'rerank', 'row_names', 'evaluate', 'start_run', 'run', 'ranking_rank']
+__all__ = ['load_dataset', 'dataset_of', 'RunDataset', 'dataset_fingerprint', 'cut_texts', 'is_cut', 'run_dataset', 'stage_keys',
+           'keys_changed', 'part', 'write_captions', 'reason', 'Later', 'embed', 'text_vectors', 'search_texts',
+           'search_reps', 'Retrieved', 'retrieve', 'needs_descriptions', 'best_rank', 'best_reranked_rank', 'Reranked',
+           'rerank', 'row_names', 'evaluate', 'start_run', 'run', 'ranking_rank']
 
 # %% ../nbs/08_pipeline.ipynb #7b20c005
 def _is_challenge(obj) -> bool:

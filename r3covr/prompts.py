@@ -8,9 +8,8 @@ from dataclasses import dataclass
 from .lm import Chat, VideoPart
 
 # %% auto #0
-__all__ = ['PROMPTS', 'JUDGE_VERSION', 'JUDGE_SYSTEM', 'PAIR_VERSION', 'PAIR_SYSTEM', 'LIKELIHOOD_VERSION',
-           'CAPTION_VERSION', 'PromptTemplate', 'word_budget', 'judge_prompt', 'pair_prompt', 'likelihood_prompts',
-           'caption_prompt']
+__all__ = ['PROMPTS', 'JUDGE_VERSION', 'JUDGE_SYSTEM', 'PAIR_VERSION', 'PAIR_SYSTEM', 'LIKELIHOOD_VERSION', 'CAPTION_VERSION',
+           'PromptTemplate', 'word_budget', 'judge_prompt', 'pair_prompt', 'likelihood_prompts', 'caption_prompt']
 
 # %% ../nbs/03f_prompts.ipynb #p006
 @dataclass(frozen=True)

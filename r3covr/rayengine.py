@@ -15,8 +15,8 @@ from .retrieve import content_signature
 from .video import read_frames
 
 # %% auto #0
-__all__ = ['INSTALL', 'need_ray', 'start_ray', 'read_part', 'read_batch', 'Embedder', 'check_ray_options',
-           'embedded_batches', 'write_batches', 'ray_fill_store']
+__all__ = ['INSTALL', 'need_ray', 'start_ray', 'read_part', 'read_batch', 'Embedder', 'check_ray_options', 'embedded_batches',
+           'write_batches', 'ray_fill_store']
 
 # %% ../nbs/05d_ray.ipynb #y007
 INSTALL = 'pip install -e ".[ray]"'

@@ -13,10 +13,10 @@ from .prompts import PROMPTS, PromptTemplate, word_budget
 from .weights import file_sha256
 
 # %% auto #0
-__all__ = ['CLEANER', 'STRATEGIES', 'PROVIDED', 'template_phrases', 'strip_echo', 'collapse_repeats',
-           'clean_description', 'says_nothing', 'window', 'fit_to_window', 'generate_raw', 'describe_raw', 'describe',
-           'description_source', 'source_label', 'source_identity', 'read_descriptions', 'provided_record',
-           'provided_descriptions', 'baseline_text']
+__all__ = ['CLEANER', 'STRATEGIES', 'PROVIDED', 'template_phrases', 'strip_echo', 'collapse_repeats', 'clean_description',
+           'says_nothing', 'window', 'fit_to_window', 'generate_raw', 'describe_raw', 'describe', 'description_source',
+           'source_label', 'source_identity', 'read_descriptions', 'provided_record', 'provided_descriptions',
+           'baseline_text']
 
 # %% ../nbs/04_reason.ipynb #c015
 CLEANER = 'clean@4'   # part of the description key: a new cleaner re-cleans the cached raw answers (no new generation)

@@ -13,8 +13,8 @@ from .prompts import judge_prompt, pair_prompt, likelihood_prompts
 from .retrieve import Shortlist
 
 # %% auto #0
-__all__ = ['RERANK_MODES', 'JUDGE_SCORES', 'STOP', 'minmax', 'blend', 'judge', 'reorder', 'below_judged',
-           'reranked_rank', 'judge_value', 'preference', 'tournament', 'pair_scores', 'content_words', 'read_caption',
+__all__ = ['RERANK_MODES', 'JUDGE_SCORES', 'STOP', 'minmax', 'blend', 'judge', 'reorder', 'below_judged', 'reranked_rank',
+           'judge_value', 'preference', 'tournament', 'pair_scores', 'content_words', 'read_caption',
            'likelihood_scores']
 
 # %% ../nbs/06_rerank.ipynb #c010

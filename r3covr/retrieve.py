@@ -16,8 +16,8 @@ from .models import Encoder, l2norm
 from .metrics import beats, ties_with
 
 # %% auto #0
-__all__ = ['INDEXES', 'INDEX_VERSION', 'pad_frames', 'video_signature', 'embed_chunk', 'content_signature',
-           'fill_store', 'embed_gallery', 'gallery_key', 'Gallery', 'ExactIndex', 'build_index', 'Shortlist', 'search',
+__all__ = ['INDEXES', 'INDEX_VERSION', 'pad_frames', 'video_signature', 'embed_chunk', 'content_signature', 'fill_store',
+           'embed_gallery', 'gallery_key', 'Gallery', 'ExactIndex', 'build_index', 'Shortlist', 'search',
            'rank_targets', 'settle', 'gallery_index', 'retrieve', 'query_pooled_scores', 'ScanIndex']
 
 # %% ../nbs/05_retrieve.ipynb #c006

@@ -14,9 +14,9 @@ from .reason import baseline_text, fit_to_window, source_label, window
 from .retrieve import Gallery, ScanIndex
 
 # %% auto #0
-__all__ = ['ROUTES', 'BASELINES', 'ROW_NAMES', 'DIRECT_VERSION', 'FUSIONS', 'words', 'BM25', 'moments', 'Queries',
-           'Fused', 'RRF', 'gated_blend', 'route_rows', 'direct_text', 'route_texts', 'reference_vectors',
-           'lexical_route', 'route_gallery', 'fuse']
+__all__ = ['ROUTES', 'BASELINES', 'ROW_NAMES', 'DIRECT_VERSION', 'FUSIONS', 'words', 'BM25', 'moments', 'Queries', 'Fused', 'RRF',
+           'gated_blend', 'route_rows', 'direct_text', 'route_texts', 'reference_vectors', 'lexical_route',
+           'route_gallery', 'fuse']
 
 # %% ../nbs/05a_routes.ipynb #r006
 def words(text:str) -> list:

@@ -19,9 +19,9 @@ from .routes import DIRECT_VERSION, ROUTES, FUSIONS
 from .rerank import RERANK_MODES, JUDGE_SCORES
 
 # %% auto #0
-__all__ = ['STAGE_KEYS', 'RERANK_VERSIONS', 'SETTINGS', 'SECTIONS', 'OPERATIONAL', 'DEFAULTS', 'FRAMES', 'RECORDED',
-           'integer', 'number', 'choice', 'flag', 'names', 'weights_of', 'text', 'file', 'provided', 'Setting',
-           'check_section', 'run_config', 'result_fields', 'key_inputs', 'parse_sets']
+__all__ = ['STAGE_KEYS', 'RERANK_VERSIONS', 'SETTINGS', 'SECTIONS', 'OPERATIONAL', 'DEFAULTS', 'FRAMES', 'RECORDED', 'integer',
+           'number', 'choice', 'flag', 'names', 'weights_of', 'text', 'file', 'provided', 'Setting', 'check_section',
+           'run_config', 'result_fields', 'key_inputs', 'parse_sets']
 
 # %% ../nbs/07b_settings.ipynb #s006
 def _bad(accepts:str):

@@ -11,9 +11,9 @@ from .core import Video, Query, CoVRDataset, DataError, cache_dir, read_json, wr
 from .video import write_video
 
 # %% auto #0
-__all__ = ['ATTRS', 'RGB', 'NUM', 'ADVERB', 'TOWARDS', 'STEP', 'RADIUS', 'HEADING', 'COUNT_WORD', 'EDIT_TOWARDS',
-           'OPPOSITE', 'VERSION', 'attr_key', 'sample_attrs', 'noun', 'caption', 'centres', 'shape_mask', 'render',
-           'sample_edit', 'edit_text', 'distractors', 'video_id', 'plan', 'make_synthetic']
+__all__ = ['ATTRS', 'RGB', 'NUM', 'ADVERB', 'TOWARDS', 'STEP', 'RADIUS', 'HEADING', 'COUNT_WORD', 'EDIT_TOWARDS', 'OPPOSITE',
+           'VERSION', 'attr_key', 'sample_attrs', 'noun', 'caption', 'centres', 'shape_mask', 'render', 'sample_edit',
+           'edit_text', 'distractors', 'video_id', 'plan', 'make_synthetic']
 
 # %% ../nbs/02a_synthetic.ipynb #c006
 ATTRS = dict(count=(1, 2, 3), size=('small', 'large'), colour=('red', 'green', 'blue', 'yellow', 'purple', 'orange'),

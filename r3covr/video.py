@@ -15,8 +15,8 @@ import numpy as np
 from .core import R3Error, VideoError
 
 # %% auto #0
-__all__ = ['SMALL_VIDEO', 'DECODE_PIXELS', 'MAX_FRAME_PIXELS', 'MAX_SIDE', 'Frames', 'write_video', 'frame_size',
-           'decode_size', 'read_frames', 'sample_videos']
+__all__ = ['SMALL_VIDEO', 'DECODE_PIXELS', 'MAX_FRAME_PIXELS', 'MAX_SIDE', 'Frames', 'write_video', 'frame_size', 'decode_size',
+           'read_frames', 'sample_videos']
 
 # %% ../nbs/01_video.ipynb #c006
 @dataclass(frozen=True)

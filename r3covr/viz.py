@@ -21,9 +21,9 @@ from .runfolder import RunFolder
 from .pipeline import dataset_of, dataset_fingerprint
 
 # %% auto #0
-__all__ = ['RunView', 'load_run', 'final_ranks', 'retrieved_ranks', 'video_strip', 'place', 'shortlist_rows',
-           'plot_query', 'plot_lengths', 'plot_rank_shift', 'plot_recall_curves', 'run_ranks', 'example_queries',
-           'save_run_figures', 'query_html', 'Explorer', 'explore', 'plot_ablation']
+__all__ = ['RunView', 'load_run', 'final_ranks', 'retrieved_ranks', 'video_strip', 'place', 'shortlist_rows', 'plot_query',
+           'plot_lengths', 'plot_rank_shift', 'plot_recall_curves', 'run_ranks', 'example_queries', 'save_run_figures',
+           'query_html', 'Explorer', 'explore', 'plot_ablation']
 
 # %% ../nbs/09_viz.ipynb #c008
 def _figure(w:float, h:float):

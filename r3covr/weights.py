@@ -17,8 +17,8 @@ from pathlib import Path
 from .core import R3Error, atomic_write, cache_dir, stable_hash
 
 # %% auto #0
-__all__ = ['WHEELS', 'TWINS', 'wheel_file', 'import_object', 'file_sha256', 'fingerprint', 'Weights', 'is_local',
-           'hub_available', 'resolve_weights', 'gguf_in']
+__all__ = ['WHEELS', 'TWINS', 'wheel_file', 'import_object', 'file_sha256', 'fingerprint', 'Weights', 'is_local', 'hub_available',
+           'resolve_weights', 'gguf_in']
 
 # %% ../nbs/02b_weights.ipynb #w006
 WHEELS = {  # hub id -> (pip name, package, file or folder inside it): real small models shipped in PyPI wheels
