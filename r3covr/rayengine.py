@@ -11,7 +11,7 @@ import numpy as np
 from .core import ConfigError, R3Error
 from .lm import VideoPart, video_part
 from .models import create_encoder
-from .retrieve import content_signature
+from .retrieve import store_result, store_todo
 from .video import read_frames
 
 # %% auto #0
@@ -125,15 +125,11 @@ def ray_fill_store(videos:list, cfg:dict, store,  # cfg: a run config or preset 
                    **ray_init) -> tuple:         # more `ray.init` arguments of a local instance
     "`fill_store` on Ray Data: (ids of `videos` in `store`, ids added now, [(id, error)]); the driver writes the store."
     check_ray_options(actors, gpus_per_actor, batch_size)
-    sigs = {v.id: content_signature(v, cfg['view']) for v in videos}     # not the path: a store moves between machines
-    todo = {i for i, _ in store.missing(sigs.items(), retry_failed)}
-    new = [v for v in videos if v.id in todo]
+    sigs, new = store_todo(videos, cfg['view'], store, retry_failed)
     started = start_ray(address, num_cpus, **ray_init) if new else False
     try:
         batches = embedded_batches(new, cfg, store.dims, actors, gpus_per_actor, batch_size) if new else []
         added, errors = write_batches(batches, store, sigs, chunk, progress, len(videos) - len(new))
     finally:
         if started: need_ray().shutdown()
-    before = {f['id']: f['why'] for f in store.manifest['failures'] if sigs.get(f['id']) == f['signature']}
-    ids = [v.id for v in videos if store.has(v.id, sigs[v.id])]
-    return ids, added, [(v.id, errors.get(v.id) or before[v.id]) for v in videos if v.id in errors or v.id in before]
+    return store_result(videos, sigs, store, added, errors)

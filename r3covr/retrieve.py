@@ -16,9 +16,10 @@ from .models import Encoder, l2norm
 from .metrics import beats, ties_with
 
 # %% auto #0
-__all__ = ['INDEXES', 'INDEX_VERSION', 'pad_frames', 'video_signature', 'embed_chunk', 'content_signature', 'fill_store',
-           'embed_gallery', 'gallery_key', 'Gallery', 'ExactIndex', 'build_index', 'Shortlist', 'search',
-           'rank_targets', 'settle', 'gallery_index', 'retrieve', 'query_pooled_scores', 'ScanIndex']
+__all__ = ['INDEXES', 'INDEX_VERSION', 'pad_frames', 'video_signature', 'embed_chunk', 'content_signature', 'store_todo',
+           'store_result', 'fill_store', 'embed_gallery', 'gallery_key', 'Gallery', 'ExactIndex', 'build_index',
+           'Shortlist', 'search', 'rank_targets', 'settle', 'gallery_index', 'retrieve', 'query_pooled_scores',
+           'ScanIndex']
 
 # %% ../nbs/05_retrieve.ipynb #c006
 def pad_frames(sets:list) -> np.ndarray:
@@ -97,21 +98,30 @@ def content_signature(v:Video, view:str, sample:int=1 << 16) -> str:
     except OSError: return f'missing:{v.id}'
     return f'content:{size}:{stable_hash([x.hex() for x in h], 16)}'
 
+def store_todo(videos:list, view:str, store, retry_failed:bool=True) -> tuple:
+    "({id: content signature} of `videos`, the videos `store` lacks under those signatures)."
+    sigs = {v.id: content_signature(v, view) for v in videos}      # not the path: a store moves between machines
+    todo = {i for i, _ in store.missing(sigs.items(), retry_failed)}
+    return sigs, [v for v in videos if v.id in todo]
+
+def store_result(videos:list, sigs:dict, store, added:list, errors:dict) -> tuple:
+    "(ids of `videos` in `store`, ids added now, [(id, error)] -- this run's failures and those recorded before)."
+    before = {f['id']: f['why'] for f in store.manifest['failures'] if sigs.get(f['id']) == f['signature']}
+    ids = [v.id for v in videos if store.has(v.id, sigs[v.id])]
+    return ids, added, [(v.id, errors.get(v.id) or before[v.id]) for v in videos if v.id in errors or v.id in before]
+
 def fill_store(videos:list, encoder:Encoder, view:str, frames:dict|None, store, chunk:int=256, progress=None,
                retry_failed:bool=True) -> tuple:
     "(ids of `videos` in `store`, ids added now, [(id, error)]): only the videos `store` lacks are embedded, by chunk."
-    sigs = {v.id: content_signature(v, view) for v in videos}      # not the path: a store moves between machines
-    todo = {i for i, _ in store.missing(sigs.items(), retry_failed)}
-    new, errors, added = [v for v in videos if v.id in todo], {}, []
+    sigs, new = store_todo(videos, view, store, retry_failed)
+    errors, added = {}, []
     for s in range(0, len(new), chunk):
         vecs, errs = _embed(new[s:s+chunk], encoder, view, frames or {})
         if vecs: store.add(list(vecs), [sigs[i] for i in vecs], np.stack(list(vecs.values())))
         if errs: store.fail(list(errs), [sigs[i] for i in errs], list(errs.values()))
         added += list(vecs); errors.update(errs)
         if progress: progress(len(videos) - len(new) + min(s+chunk, len(new)))
-    before = {f['id']: f['why'] for f in store.manifest['failures'] if sigs.get(f['id']) == f['signature']}
-    ids = [v.id for v in videos if store.has(v.id, sigs[v.id])]
-    return ids, added, [(v.id, errors.get(v.id) or before[v.id]) for v in videos if v.id in errors or v.id in before]
+    return store_result(videos, sigs, store, added, errors)
 
 def embed_gallery(videos:list, encoder:Encoder, view:str='frames', frames:dict|None=None,
                   cache:Path|None=None, chunk:int=256, progress=None,
