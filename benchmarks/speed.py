@@ -15,7 +15,8 @@ Rows (`--only NAME`):
   likelihood   SmolLM2 log P(caption | prompt) for the likelihood reranker, called as the rerank stage calls it:
                batches in query order (as before) vs prompts and answers grouped by length (models_bench.py)
   caption-length  the likelihood reranker per query with ~100-token candidate captions (constructed from the dataset's
-               own) against the dataset's ~15-token ones: how the cost grows with caption length (models_bench.py)
+               own), read whole and as a run reads them (`rerank_words`), against the dataset's own (~9 tokens on
+               dev500): how the cost grows with caption length (models_bench.py)
   generate     SmolLM2 greedy descriptions: transformers' `generate` vs the package's loop, and the options rejected
                (sorted batches, static KV cache, int8 linear layers) with how many texts each changes (models_bench.py)
   encode       MiniLM text embeddings: sentence-transformers' `encode` vs `SentenceEncoder.embed_texts`
